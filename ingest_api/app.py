@@ -1,0 +1,65 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+
+from ingest_api.endpoints import get_mail, health, send_mail
+from ingest_api.errors import register_error_handlers
+from shared.config import Settings, load_settings
+from shared.db import create_pool
+from shared.jsonlog import request_id_var
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+def _begin_request() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
+    g.request_id = request_id or uuid.uuid4().hex
+    g.request_id_token = request_id_var.set(g.request_id)
+
+
+def _end_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    return response
+
+
+def _reset_request_context(_: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the API. ``config`` may carry ``MAILROOM_SETTINGS`` (a Settings)."""
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="mailroom",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config or {})
+    settings: Settings = app.config.get("MAILROOM_SETTINGS") or load_settings(
+        require=("database_url",)
+    )
+    app.extensions["mailroom.pool"] = create_pool(settings, name="ingest-api")
+    app.before_request(_begin_request)
+    app.after_request(_end_request)
+    app.teardown_request(_reset_request_context)
+
+    api = Api(app)
+    api.register_blueprint(send_mail.blp)
+    api.register_blueprint(get_mail.blp)
+    app.register_blueprint(health.blp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,86 @@
+"""One JSON error format (problem+json) for every error the API returns.
+
+Client errors name the field; server errors are logged with the request id and
+return only that id, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from flask import Flask, Response, jsonify
+from psycopg_pool import PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from shared.jsonlog import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+def problem(status: int, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def _field_errors(error: HTTPException) -> dict[str, Any] | None:
+    """webargs puts marshmallow's messages under the request location ("json")."""
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages") or data.get("errors")
+    if not isinstance(messages, dict):
+        return None
+    merged: dict[str, Any] = {}
+    for location_errors in messages.values():
+        if isinstance(location_errors, dict):
+            merged.update(location_errors)
+    return merged or None
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    errors = _field_errors(error)
+    detail = (getattr(error, "data", None) or {}).get("message") or error.description or ""
+    if errors:
+        detail = "the request has invalid fields: " + ", ".join(sorted(map(str, errors)))
+    response = problem(status, error.name, detail, errors)
+    for name, value in ((getattr(error, "data", None) or {}).get("headers") or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_database_unavailable(error: Exception) -> Response:
+    log.error("database unavailable", extra={"error": f"{type(error).__name__}: {error}"})
+    response = problem(
+        503,
+        "Service Unavailable",
+        "the database is unavailable; nothing was accepted, retry later",
+    )
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def handle_unexpected(error: Exception) -> Response:
+    log.exception("unhandled error")
+    return problem(500, "Internal Server Error", "an internal error occurred; quote the request id")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(PoolTimeout, handle_database_unavailable)
+    app.register_error_handler(psycopg.OperationalError, handle_database_unavailable)
+    app.register_error_handler(psycopg.InterfaceError, handle_database_unavailable)
+    app.register_error_handler(Exception, handle_unexpected)

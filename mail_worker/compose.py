@@ -1,0 +1,53 @@
+"""Build the MIME message for a mail with the standard library."""
+
+from __future__ import annotations
+
+import uuid
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+
+def message_id(mail_id: uuid.UUID | str, domain: str) -> str:
+    """Deterministic, so a second send of one mail can be recognised downstream."""
+    return f"<{mail_id}@{domain}>"
+
+
+def _address(mailbox: dict[str, Any]) -> Address:
+    return Address(display_name=mailbox.get("name") or "", addr_spec=mailbox["email"])
+
+
+def envelope_recipients(request: dict[str, Any]) -> list[str]:
+    """Everyone the SMTP server must deliver to; bcc appears here and in no header."""
+    return [m["email"] for key in ("to", "cc", "bcc") for m in request.get(key) or []]
+
+
+def compose(mail_id: uuid.UUID | str, request: dict[str, Any], domain: str) -> EmailMessage:
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = _address(request["from"])
+    message["To"] = [_address(m) for m in request["to"]]
+    if request.get("cc"):
+        message["Cc"] = [_address(m) for m in request["cc"]]
+    if request.get("reply_to"):
+        message["Reply-To"] = _address(request["reply_to"])
+    message["Subject"] = request["subject"]
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id(mail_id, domain)
+    for name, value in (request.get("headers") or {}).items():
+        message[name] = value
+    text, html = request.get("text"), request.get("html")
+    if text:
+        message.set_content(text)
+        if html:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html or "", subtype="html")
+    return message
+
+
+def needs_smtputf8(request: dict[str, Any]) -> bool:
+    """Non-ASCII in an address (not a display name) needs the SMTPUTF8 extension."""
+    addresses = [request["from"]["email"], *envelope_recipients(request)]
+    return not all(address.isascii() for address in addresses)

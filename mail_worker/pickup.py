@@ -1,0 +1,36 @@
+"""The pickup: the compare-and-set that lets exactly one delivery of a task send."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from shared.queries import QUERIES
+from shared.states import MailStatus, statuses_that_may_become
+
+
+@dataclass(frozen=True)
+class PickedMail:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    stream: str
+    request: dict[str, Any]
+    attempts: int
+
+
+def pick_up(pool: ConnectionPool, mail_id: uuid.UUID, worker: str) -> PickedMail | None:
+    """Move the mail to ``sending`` and delete its outbox row; None if another delivery won."""
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(QUERIES["lock_outbox_row"], {"mail_id": mail_id})
+        row = conn.execute(
+            QUERIES["begin_sending"],
+            {
+                "mail_id": mail_id,
+                "from_statuses": statuses_that_may_become(MailStatus.SENDING),
+                "worker": worker,
+            },
+        ).fetchone()
+    return None if row is None else PickedMail(**row)

@@ -1,0 +1,124 @@
+"""The SMTP connection: opened once per worker process and reused across mails.
+
+The server's final reply to DATA is what we record as proof of delivery, so the
+transaction is driven step by step (MAIL, RCPT…, DATA) instead of sendmail(),
+which discards that reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+
+from shared.config import SmtpTarget
+
+log = logging.getLogger(__name__)
+
+
+class SmtpFailure(Exception):
+    """The SMTP server did not accept the mail; the message says why."""
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    code: int
+    text: str
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class SmtpClient:
+    def __init__(
+        self, target: SmtpTarget, *, timeout: float = 30.0, local_hostname: str | None = None
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self._smtp: smtplib.SMTP | None = None
+
+    def _open(self) -> smtplib.SMTP:
+        target = self.target
+        smtp: smtplib.SMTP
+        if target.security == "tls":
+            smtp = smtplib.SMTP_SSL(
+                target.host, target.port, local_hostname=self.local_hostname,
+                timeout=self.timeout, context=ssl.create_default_context(),
+            )  # fmt: skip
+        else:
+            smtp = smtplib.SMTP(
+                target.host, target.port, local_hostname=self.local_hostname, timeout=self.timeout
+            )
+        smtp.ehlo()
+        if target.security == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
+        if target.username:
+            smtp.login(target.username, target.password or "")
+        return smtp
+
+    def _ready_connection(self) -> smtplib.SMTP:
+        """The reused connection after RSET, or a new one if the old one is gone."""
+        if self._smtp is not None:
+            try:
+                code, _ = self._smtp.rset()
+                if code == 250:
+                    return self._smtp
+            except (smtplib.SMTPException, OSError):
+                pass
+            self.close()
+        self._smtp = self._open()
+        return self._smtp
+
+    def send(
+        self, sender: str, recipients: list[str], data: bytes, *, smtputf8: bool = False
+    ) -> SmtpReply:
+        try:
+            smtp = self._ready_connection()
+            return self._transaction(smtp, sender, recipients, data, smtputf8)
+        except smtplib.SMTPResponseException as exc:
+            self._reset_after_refusal()
+            raise SmtpFailure(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self.close()  # the connection state is unknown: never reuse it
+            raise SmtpFailure(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _transaction(
+        smtp: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, smtputf8: bool
+    ) -> SmtpReply:
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
+        code, reply = smtp.mail(sender, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        refused: dict[str, str] = {}
+        for recipient in recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = f"{code} {_text(reply)}"
+        if len(refused) == len(recipients):
+            raise smtplib.SMTPResponseException(550, f"every recipient refused: {refused}".encode())
+        code, reply = smtp.data(data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
+        return SmtpReply(code, _text(reply), refused)
+
+    def _reset_after_refusal(self) -> None:
+        if self._smtp is None:
+            return
+        try:
+            self._smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self._smtp.close()
+        self._smtp = None
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply

@@ -1,0 +1,152 @@
+"""The one configuration loader: environment variables prefixed ``MAILROOM_``.
+
+Every process calls :func:`load_settings` at start with the names it needs; a
+missing or malformed value raises :class:`ConfigError`, whose message names the
+variable, and the entry points turn it into one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+PREFIX = "MAILROOM_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: str  # "plain", "starttls" or "tls" (implicit TLS, smtps://)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    broker_url: str = ""
+    smtp: SmtpTarget | None = None
+    message_id_domain: str = ""
+    broker_key_prefix: str = ""
+    db_pool_size: int = 8
+    db_connect_timeout: float = 3.0
+    relay_batch_size: int = 200
+    relay_poll_interval: float = 1.0
+    relay_visibility_timeout: float = 60.0
+    relay_publish_timeout: float = 5.0
+    smtp_timeout: float = 30.0
+    log_level: str = "INFO"
+
+
+def _parse_database_url(value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError("expected postgresql://user@host:port/dbname")
+    return value
+
+
+def _parse_broker_url(value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory"):
+        raise ValueError("expected redis://host:port/db or amqp://user:pass@host:port/vhost")
+    return value
+
+
+def parse_smtp_url(value: str) -> SmtpTarget:
+    """``smtp://[user:pass@]host:port[?starttls=1]`` or ``smtps://…`` (implicit TLS)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("expected smtp://[user:pass@]host:port, smtps://… or ?starttls=1")
+    query = parse_qs(parts.query)
+    starttls = query.get("starttls", ["0"])[-1].lower() in ("1", "true", "yes")
+    if parts.scheme == "smtps":
+        security, default_port = "tls", 465
+    else:
+        security, default_port = ("starttls" if starttls else "plain"), 25
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ValueError("the port is not a number") from exc
+    return SmtpTarget(
+        host=parts.hostname,
+        port=port,
+        security=security,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _parse_domain(value: str) -> str:
+    domain = value.strip().lower()
+    if not domain or any(c in domain for c in "<>@ \t\r\n") or "." not in domain:
+        raise ValueError("expected a domain name such as mail.example.com")
+    return domain
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise ValueError("must be greater than zero")
+        return number
+
+    return parse
+
+
+def _parse_log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "database_url": _parse_database_url,
+    "broker_url": _parse_broker_url,
+    "smtp": parse_smtp_url,
+    "message_id_domain": _parse_domain,
+    "broker_key_prefix": str,
+    "db_pool_size": _positive(int),
+    "db_connect_timeout": _positive(float),
+    "relay_batch_size": _positive(int),
+    "relay_poll_interval": _positive(float),
+    "relay_visibility_timeout": _positive(float),
+    "relay_publish_timeout": _positive(float),
+    "smtp_timeout": _positive(float),
+    "log_level": _parse_log_level,
+}
+
+# The variable for each setting; ``smtp`` is configured as a URL.
+_VARIABLES = {name: PREFIX + name.upper() for name in _PARSERS} | {"smtp": PREFIX + "SMTP_URL"}
+
+
+def variable_name(setting: str) -> str:
+    return _VARIABLES[setting]
+
+
+def load_settings(
+    require: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read every ``MAILROOM_*`` setting; those named in *require* must be set."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in (f.name for f in fields(Settings)):
+        variable = _VARIABLES[setting]
+        raw = env.get(variable, "").strip()
+        if not raw:
+            if setting in require:
+                raise ConfigError(f"{variable} is not set")
+            continue
+        try:
+            values[setting] = _PARSERS[setting](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable} is malformed: {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,83 @@
+-- The first schema: tenants, API keys, mails, the outbox and the event log.
+
+CREATE TABLE tenants (
+    id              uuid PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    sender_domains  text[] NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Keys are random and long, so a SHA-256 digest is enough to store them safely;
+-- the clear key is shown once, at creation, and never stored.
+CREATE TABLE api_keys (
+    id          uuid PRIMARY KEY,
+    tenant_id   uuid NOT NULL REFERENCES tenants (id),
+    key_prefix  text NOT NULL,
+    key_hash    bytea NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+CREATE TABLE mails (
+    id          uuid PRIMARY KEY,
+    tenant_id   uuid NOT NULL REFERENCES tenants (id),
+    stream      text NOT NULL DEFAULT 'transactional'
+                CHECK (stream IN ('transactional', 'campaign')),
+    request     jsonb NOT NULL,
+    status      text NOT NULL CHECK (status IN (
+                    'scheduled', 'accepted', 'queued', 'sending', 'sent', 'retrying',
+                    'failed', 'dead', 'expired', 'cancelled', 'suppressed')),
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX mails_tenant_created_idx ON mails (tenant_id, created_at);
+
+-- A row here means "this mail still has to reach a worker". The relay publishes
+-- due rows and pushes available_at forward by the visibility timeout (a lease
+-- that expires by itself); the worker deletes the row when it picks the mail up.
+CREATE TABLE outbox (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    mail_id         uuid NOT NULL UNIQUE REFERENCES mails (id),
+    queue           text NOT NULL,
+    available_at    timestamptz NOT NULL DEFAULT now(),
+    dispatch_count  integer NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX outbox_available_at_idx ON outbox (available_at);
+
+-- Append-only history of each mail.
+CREATE TABLE mail_events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    mail_id     uuid NOT NULL REFERENCES mails (id),
+    kind        text NOT NULL,
+    detail      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX mail_events_mail_idx ON mail_events (mail_id, id);
+
+CREATE FUNCTION mail_events_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'mail_events is append-only';
+END;
+$$;
+
+CREATE TRIGGER mail_events_append_only
+    BEFORE UPDATE OR DELETE ON mail_events
+    FOR EACH ROW EXECUTE FUNCTION mail_events_refuse_change();
+
+-- One NOTIFY per inserting statement wakes the relays; NOTIFY payloads are
+-- folded per transaction, so a batch insert costs one notification.
+CREATE FUNCTION outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailroom_outbox', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER outbox_notify_insert
+    AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();

@@ -1,0 +1,68 @@
+"""The mail state machine: every status a mail can be in and how it may move.
+
+Each transition is written as a compare-and-set in SQL (``WHERE status = …``);
+this module is the one list a reader checks those guards against.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MailStatus(StrEnum):
+    SCHEDULED = "scheduled"  # accepted, held until send_at
+    ACCEPTED = "accepted"  # committed with its outbox row; waiting for the relay
+    QUEUED = "queued"  # published to the broker at least once
+    SENDING = "sending"  # a worker picked it up (the relay's end-to-end acknowledgement)
+    SENT = "sent"  # the SMTP server accepted it
+    RETRYING = "retrying"  # a transient failure; back in the outbox for later
+    FAILED = "failed"  # a permanent failure
+    DEAD = "dead"  # gave up after too many attempts; replayable by an operator
+    EXPIRED = "expired"  # not sent before expires_at; never sent late
+    CANCELLED = "cancelled"  # cancelled by the client before sending began
+    SUPPRESSED = "suppressed"  # every recipient is on the suppression list
+
+
+FINAL_STATUSES = frozenset(
+    {
+        MailStatus.SENT,
+        MailStatus.FAILED,
+        MailStatus.DEAD,
+        MailStatus.EXPIRED,
+        MailStatus.CANCELLED,
+        MailStatus.SUPPRESSED,
+    }
+)
+
+TRANSITIONS: dict[MailStatus, frozenset[MailStatus]] = {
+    MailStatus.SCHEDULED: frozenset(
+        {MailStatus.ACCEPTED, MailStatus.CANCELLED, MailStatus.EXPIRED}
+    ),
+    MailStatus.ACCEPTED: frozenset(
+        {MailStatus.QUEUED, MailStatus.SENDING, MailStatus.CANCELLED, MailStatus.EXPIRED}
+    ),
+    # A worker may pick a mail up while the relay's 'queued' commit is still in
+    # flight, so SENDING is reachable from ACCEPTED as well as from QUEUED.
+    MailStatus.QUEUED: frozenset({MailStatus.SENDING, MailStatus.DEAD, MailStatus.EXPIRED}),
+    MailStatus.SENDING: frozenset(
+        {MailStatus.SENT, MailStatus.FAILED, MailStatus.RETRYING, MailStatus.SUPPRESSED}
+    ),
+    MailStatus.RETRYING: frozenset(
+        {MailStatus.SENDING, MailStatus.DEAD, MailStatus.EXPIRED, MailStatus.CANCELLED}
+    ),
+    MailStatus.SENT: frozenset(),
+    MailStatus.FAILED: frozenset(),
+    MailStatus.DEAD: frozenset(),
+    MailStatus.EXPIRED: frozenset(),
+    MailStatus.CANCELLED: frozenset(),
+    MailStatus.SUPPRESSED: frozenset(),
+}
+
+
+def can_move(current: MailStatus, target: MailStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def statuses_that_may_become(target: MailStatus) -> list[str]:
+    """The ``from`` side of a compare-and-set into *target*."""
+    return sorted(status.value for status, targets in TRANSITIONS.items() if target in targets)
