@@ -12,19 +12,21 @@ import uuid
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
+from shared.db import DictPool
 from shared.queries import QUERIES
 from shared.queues import STREAM_QUEUES
 
 
 def accept_mail(
-    pool: ConnectionPool, *, tenant_id: uuid.UUID, request: dict[str, Any], request_id: str
+    pool: DictPool, *, tenant_id: uuid.UUID, request: dict[str, Any], request_id: str
 ) -> uuid.UUID:
     """Commit one mail and its outbox row; return its id once durable."""
     mail_id = uuid.uuid4()
     stream = "transactional"
-    with pool.connection() as conn, conn.transaction():
+    # Pipeline mode sends BEGIN, the statement and COMMIT in one round trip;
+    # leaving the block waits for the COMMIT's result and raises if it failed.
+    with pool.connection() as conn, conn.pipeline(), conn.transaction():
         conn.execute(
             QUERIES["accept_mail"],
             {

@@ -9,8 +9,10 @@ from typing import Any
 from flask import Flask, Response, g, request
 from flask_smorest import Api
 
+from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
 from ingest_api.endpoints import get_mail, health, send_mail
 from ingest_api.errors import register_error_handlers
+from ingest_api.relay_wakeup import RelayWakeup
 from shared.config import Settings, load_settings
 from shared.db import create_pool
 from shared.jsonlog import request_id_var
@@ -52,7 +54,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings: Settings = app.config.get("MAILROOM_SETTINGS") or load_settings(
         require=("database_url",)
     )
-    app.extensions["mailroom.pool"] = create_pool(settings, name="ingest-api")
+    pool = create_pool(settings, name="ingest-api")
+    app.extensions["mailroom.pool"] = pool
+    app.extensions["mailroom.wakeup"] = RelayWakeup(pool)
+    app.extensions["mailroom.key_cache"] = KeyCache(KEY_CACHE_SECONDS)
     app.before_request(_begin_request)
     app.after_request(_end_request)
     app.teardown_request(_reset_request_context)

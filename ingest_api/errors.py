@@ -7,16 +7,29 @@ return only that id, never a stack trace.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from flask import Flask, Response, jsonify
+from flask_smorest import abort
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from shared.jsonlog import request_id_var
 
 log = logging.getLogger(__name__)
+
+
+def refuse(
+    status: int,
+    message: str,
+    *,
+    errors: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> NoReturn:
+    """Stop the request with a client error; *errors* maps field names to messages."""
+    abort(status, message=message, errors={"json": errors} if errors else None, headers=headers)
+    raise AssertionError("abort() returned")  # for type checkers: abort always raises
 
 
 def problem(status: int, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
@@ -81,6 +94,6 @@ def handle_unexpected(error: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(PoolTimeout, handle_database_unavailable)
-    app.register_error_handler(psycopg.OperationalError, handle_database_unavailable)
-    app.register_error_handler(psycopg.InterfaceError, handle_database_unavailable)
+    # Any database error, a failed COMMIT included, means nothing was accepted.
+    app.register_error_handler(psycopg.Error, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

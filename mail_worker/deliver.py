@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from mail_worker.compose import compose, envelope_recipients, needs_smtputf8
 from mail_worker.pickup import pick_up
 from mail_worker.smtp import SmtpClient, SmtpFailure
+from shared.db import DictPool
 from shared.jsonlog import mail_context
 from shared.queries import QUERIES
 from shared.states import MailStatus
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _finish(
-    pool: ConnectionPool,
+    pool: DictPool,
     mail_id: uuid.UUID,
     status: MailStatus,
     detail: dict[str, Any],
@@ -44,7 +44,7 @@ def _finish(
 
 
 def deliver(
-    pool: ConnectionPool, smtp: SmtpClient, mail_id: str, *, message_id_domain: str, worker: str
+    pool: DictPool, smtp: SmtpClient, mail_id: str, *, message_id_domain: str, worker: str
 ) -> str:
     """Send one mail if this delivery wins the pickup; return what happened."""
     with mail_context(mail_id):

@@ -6,8 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg_pool import ConnectionPool
-
+from shared.db import DictPool
 from shared.queries import QUERIES
 from shared.states import MailStatus, statuses_that_may_become
 
@@ -21,7 +20,7 @@ class PickedMail:
     attempts: int
 
 
-def pick_up(pool: ConnectionPool, mail_id: uuid.UUID, worker: str) -> PickedMail | None:
+def pick_up(pool: DictPool, mail_id: uuid.UUID, worker: str) -> PickedMail | None:
     """Move the mail to ``sending`` and delete its outbox row; None if another delivery won."""
     with pool.connection() as conn, conn.transaction():
         conn.execute(QUERIES["lock_outbox_row"], {"mail_id": mail_id})

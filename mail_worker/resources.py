@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import socket
 
-from psycopg_pool import ConnectionPool
-
 from mail_worker.smtp import SmtpClient
 from shared.config import Settings
-from shared.db import create_pool
+from shared.db import DictPool, create_pool
 
-_pool: ConnectionPool | None = None
+_pool: DictPool | None = None
 _smtp: SmtpClient | None = None
 _owner_pid: int | None = None
 
@@ -26,7 +24,7 @@ def _reset_after_fork() -> None:
         _pool, _smtp, _owner_pid = None, None, os.getpid()
 
 
-def database_pool(settings: Settings) -> ConnectionPool:
+def database_pool(settings: Settings) -> DictPool:
     global _pool  # noqa: PLW0603
     _reset_after_fork()
     if _pool is None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mail_worker import resources
 from mail_worker.deliver import deliver
 from shared.config import Settings
 
 
-def make_send_mail(settings: Settings):  # type: ignore[no-untyped-def]  # returns a plain function for Celery
+def make_send_mail(settings: Settings) -> Callable[[str], str]:
     def send_mail(mail_id: str) -> str:
         return deliver(
             resources.database_pool(settings),

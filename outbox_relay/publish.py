@@ -7,6 +7,7 @@ message carries the mail id only; the worker reads the mail from the database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -101,9 +102,8 @@ class Publisher:
 
     def close(self) -> None:
         if self._connection is not None:
-            try:
+            # Closing a broken connection may fail; it is gone either way.
+            with contextlib.suppress(Exception):
                 self._connection.release()
-            except Exception:  # noqa: S110 - closing a broken connection may fail; it is gone anyway
-                pass
         self._connection = None
         self._producer = None

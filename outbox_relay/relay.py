@@ -19,11 +19,12 @@ from outbox_relay.dispatch import dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
+from shared.queues import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "mailroom_outbox"
 MAX_BACKOFF_SECONDS = 10.0
+STOP_CHECK_SECONDS = 0.5
 
 
 class Relay:
@@ -94,26 +95,34 @@ class Relay:
         self._conn = None
 
     def _wait_for_work(self) -> None:
-        """Sleep until NOTIFY, the poll interval, or a stop request."""
-        timeout = self.settings.relay_poll_interval
-        listener = self._listen()
-        if listener is None:
-            self.stopping.wait(timeout)
-            return
-        try:
-            for _ in listener.notifies(timeout=timeout, stop_after=1):
-                pass
-        except psycopg.Error as exc:
-            log.warning("listener lost; polling", extra={"error": str(exc)})
-            self._listener = None
-            time.sleep(min(timeout, 1.0))
+        """Sleep until NOTIFY, the poll interval, or a stop request (checked twice a second)."""
+        deadline = time.monotonic() + self.settings.relay_poll_interval
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            listener = self._listen()
+            if listener is None:
+                self.stopping.wait(min(remaining, STOP_CHECK_SECONDS))
+                continue
+            try:
+                if any(
+                    True
+                    for _ in listener.notifies(
+                        timeout=min(remaining, STOP_CHECK_SECONDS), stop_after=1
+                    )
+                ):
+                    return
+            except psycopg.Error as exc:
+                log.warning("listener lost; polling", extra={"error": str(exc)})
+                self._listener = None
 
     def _listen(self) -> psycopg.Connection | None:
         if self._listener is not None and not self._listener.closed:
             return self._listener
         try:
             listener = connect(self.settings.database_url, timeout=self.settings.db_connect_timeout)
-            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
         except psycopg.Error as exc:
             log.warning("cannot LISTEN; polling only", extra={"error": str(exc)})
             return None

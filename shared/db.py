@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
+
+# Pools hand out autocommit connections whose rows are dicts.
+DictPool = ConnectionPool[psycopg.Connection[DictRow]]
 
 
 def connect(url: str, *, autocommit: bool = True, timeout: float = 3.0) -> psycopg.Connection:
@@ -14,14 +17,15 @@ def connect(url: str, *, autocommit: bool = True, timeout: float = 3.0) -> psyco
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, round(timeout)))
 
 
-def create_pool(settings: Settings, *, name: str, max_size: int | None = None) -> ConnectionPool:
+def create_pool(settings: Settings, *, name: str, max_size: int | None = None) -> DictPool:
     """A pool of autocommit connections with dict rows.
 
     Opened without waiting: a process that starts while the database is down
     still starts, answers its health check, and connects once the database is back.
     """
-    pool = ConnectionPool(
+    pool: DictPool = ConnectionPool(
         settings.database_url,
+        connection_class=psycopg.Connection[DictRow],
         name=name,
         min_size=1,
         max_size=max_size or settings.db_pool_size,

@@ -9,6 +9,9 @@ from kombu import Exchange, Queue
 
 SEND_MAIL_TASK = "mailroom.send_mail"
 
+# The PostgreSQL channel on which the API wakes the relays after committing mail.
+OUTBOX_CHANNEL = "mailroom_outbox"
+
 TRANSACTIONAL_QUEUE = "transactional"
 CAMPAIGN_QUEUE = "campaign"
 

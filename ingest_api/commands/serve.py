@@ -23,4 +23,4 @@ def serve(bind: str, workers: int) -> None:
         "--workers", str(workers),
         "ingest_api.wsgi:app",
     ]  # fmt: skip
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, argv)  # noqa: S606 - become gunicorn, so signals reach it directly

@@ -7,9 +7,10 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
 from ingest_api.auth import current_tenant
+from ingest_api.errors import refuse
 from ingest_api.schemas.mail import MailStatusSchema
 from shared.queries import QUERIES
 
@@ -25,12 +26,12 @@ class GetMail(MethodView):
         try:
             wanted = uuid.UUID(mail_id)
         except ValueError:
-            abort(404, message="no such mail")
+            refuse(404, "no such mail")
         with current_app.extensions["mailroom.pool"].connection() as conn:
             mail = conn.execute(
                 QUERIES["get_mail_for_tenant"], {"mail_id": wanted, "tenant_id": tenant.id}
             ).fetchone()
             if mail is None:
-                abort(404, message="no such mail")
+                refuse(404, "no such mail")
             events = conn.execute(QUERIES["list_mail_events"], {"mail_id": wanted}).fetchall()
         return {**mail, "events": events}

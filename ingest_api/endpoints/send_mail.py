@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
 from ingest_api.accept import accept_mail
 from ingest_api.auth import current_tenant
+from ingest_api.errors import refuse
 from ingest_api.schemas.mail import AcceptedSchema, SendMailSchema
 from shared.jsonlog import mail_context, request_id_var
 
@@ -39,19 +40,17 @@ def _stored_request(data: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/mails")
 class SendMail(MethodView):
-    @blp.arguments(SendMailSchema)
+    @blp.arguments(SendMailSchema())
     @blp.response(202, AcceptedSchema)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Accept a mail: answered 202 only once it is committed to the database."""
         tenant = current_tenant()
         sender_domain = data["sender"]["domain"]
         if sender_domain not in tenant.sender_domains:
-            abort(
+            refuse(
                 422,
-                message="the sender's domain is not one of this tenant's sender domains",
-                errors={
-                    "json": {"from": [f"{sender_domain} is not a sender domain of this tenant"]}
-                },
+                "the sender's domain is not one of this tenant's sender domains",
+                errors={"from": [f"{sender_domain} is not a sender domain of this tenant"]},
             )
         mail_id = accept_mail(
             current_app.extensions["mailroom.pool"],
@@ -59,6 +58,7 @@ class SendMail(MethodView):
             request=_stored_request(data),
             request_id=request_id_var.get() or "",
         )
+        current_app.extensions["mailroom.wakeup"].poke()
         with mail_context(str(mail_id)):
             log.info("mail accepted", extra={"tenant": tenant.name})
         return {"id": mail_id, "status": "accepted"}

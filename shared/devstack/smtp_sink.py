@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.controller import Controller
 
@@ -26,7 +26,7 @@ class ReceivedMail:
     data: bytes
 
     def parsed(self) -> EmailMessage:
-        return cast(EmailMessage, message_from_bytes(self.data, policy=policy.default))
+        return message_from_bytes(self.data, policy=policy.default)
 
 
 class _Handler:
@@ -35,7 +35,7 @@ class _Handler:
         self.received: list[ReceivedMail] = []
         self.lock = threading.Condition()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
         if self.folder is not None:
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.eml"

@@ -67,17 +67,3 @@ $$;
 CREATE TRIGGER mail_events_append_only
     BEFORE UPDATE OR DELETE ON mail_events
     FOR EACH ROW EXECUTE FUNCTION mail_events_refuse_change();
-
--- One NOTIFY per inserting statement wakes the relays; NOTIFY payloads are
--- folded per transaction, so a batch insert costs one notification.
-CREATE FUNCTION outbox_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('mailroom_outbox', '');
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER outbox_notify_insert
-    AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();

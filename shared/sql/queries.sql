@@ -100,11 +100,6 @@ WITH finished AS (
 INSERT INTO mail_events (mail_id, kind, detail)
 SELECT id, %(status)s, %(detail)s FROM finished;
 
--- name: insert_event
--- One event in a mail's history.
-INSERT INTO mail_events (mail_id, kind, detail)
-VALUES (%(mail_id)s, %(kind)s, %(detail)s);
-
 -- name: applied_migrations
 -- Versions already applied.
 SELECT version FROM schema_migrations ORDER BY version;

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, SmtpTarget, load_settings, parse_smtp_url
+
+BIN = Path(sys.executable).parent
+
+
+def test_required_variable_missing_names_it() -> None:
+    with pytest.raises(ConfigError, match="^MAILROOM_DATABASE_URL is not set$"):
+        load_settings(require=["database_url"], environ={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILROOM_DATABASE_URL", "mysql://localhost/x"),
+        ("MAILROOM_BROKER_URL", "http://localhost"),
+        ("MAILROOM_SMTP_URL", "localhost:25"),
+        ("MAILROOM_SMTP_URL", "smtp://host:notaport"),
+        ("MAILROOM_MESSAGE_ID_DOMAIN", "no spaces@allowed"),
+        ("MAILROOM_RELAY_BATCH_SIZE", "0"),
+        ("MAILROOM_RELAY_POLL_INTERVAL", "soon"),
+    ],
+)
+def test_malformed_variable_is_named(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable} is malformed: "):
+        load_settings(environ={variable: value})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.test:2525", SmtpTarget("mail.test", 2525, "plain")),
+        ("smtp://mail.test", SmtpTarget("mail.test", 25, "plain")),
+        (
+            "smtp://u:p%40ss@mail.test:587?starttls=1",
+            SmtpTarget("mail.test", 587, "starttls", "u", "p@ss"),
+        ),
+        ("smtps://mail.test", SmtpTarget("mail.test", 465, "tls")),
+    ],
+)
+def test_smtp_url_forms(url: str, expected: SmtpTarget) -> None:
+    parsed = parse_smtp_url(url)
+    assert parsed == expected
+    assert parsed.password == expected.password
+
+
+def test_values_are_parsed() -> None:
+    settings = load_settings(
+        environ={
+            "MAILROOM_DATABASE_URL": "postgresql://u@h/db",
+            "MAILROOM_RELAY_BATCH_SIZE": "50",
+            "MAILROOM_MESSAGE_ID_DOMAIN": "Mail.Example.COM",
+        }
+    )
+    assert settings.relay_batch_size == 50
+    assert settings.message_id_domain == "mail.example.com"
+    assert settings.relay_visibility_timeout == 60.0
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (["outbox-relay", "run"], "MAILROOM_DATABASE_URL"),
+        (["ingest-api", "create-key", "x"], "MAILROOM_DATABASE_URL"),
+        (["mail-worker", "run"], "MAILROOM_DATABASE_URL"),
+    ],
+)
+def test_processes_stop_at_start_with_one_line(command: list[str], variable: str) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+
+
+def test_malformed_smtp_url_stops_the_worker() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MAILROOM_DATABASE_URL": "postgresql://u@127.0.0.1/db",
+        "MAILROOM_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "MAILROOM_SMTP_URL": "mail.example.com",
+        "MAILROOM_MESSAGE_ID_DOMAIN": "mail.test",
+    }
+    result = subprocess.run(
+        [str(BIN / "mail-worker"), "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mail-worker: configuration error: MAILROOM_SMTP_URL is malformed: "
+        "expected smtp://[user:pass@]host:port, smtps://… or ?starttls=1"
+    ]

@@ -1,0 +1,154 @@
+"""The relay's round against a real Postgres and a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+from kombu import Connection
+
+from outbox_relay.dispatch import dispatch_round
+from outbox_relay.publish import Publisher
+from shared.config import Settings
+from shared.db import connect
+from shared.queries import QUERIES
+from shared.queues import SEND_MAIL_TASK, broker_transport_options, kombu_queue
+from tests.conftest import TenantKey
+from tests.factories import event_kinds, insert_mail, status_of
+from tests.services import free_port
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[Publisher]:
+    publisher = Publisher(settings)
+    yield publisher
+    publisher.close()
+
+
+def drain_queue(settings: Settings, name: str = "transactional") -> list[tuple[dict, list]]:
+    """Every message waiting in a queue, as (headers, body)."""
+    options = broker_transport_options(settings.broker_url, settings.broker_key_prefix)
+    messages = []
+    with Connection(settings.broker_url, transport_options=options) as conn:
+        queue = conn.SimpleQueue(kombu_queue(name))
+        while True:
+            try:
+                message = queue.get(timeout=0.5)
+            except queue.Empty:
+                break
+            messages.append((message.headers, message.decode()))
+            message.ack()
+        queue.close()
+    return messages
+
+
+def round_(
+    db: psycopg.Connection, publisher: Publisher, visibility: float = 60.0, batch: int = 100
+):
+    return dispatch_round(db, publisher, batch_size=batch, visibility_timeout=visibility)
+
+
+def test_round_publishes_celery_messages_and_records_them(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher, settings: Settings
+) -> None:
+    mail_ids = [insert_mail(db, tenant.tenant_id) for _ in range(3)]
+    result = round_(db, publisher)
+    assert (result.claimed, result.published, result.error) == (3, 3, None)
+
+    messages = drain_queue(settings)
+    assert sorted(body[0][0] for _, body in messages) == sorted(map(str, mail_ids))
+    headers, body = messages[0]
+    assert headers["task"] == SEND_MAIL_TASK
+    assert headers["id"] == headers["root_id"]
+    assert body[1] == {} and set(body[2]) == {"callbacks", "errbacks", "chain", "chord"}
+
+    for mail_id in mail_ids:
+        assert status_of(db, mail_id) == "queued"
+        assert event_kinds(db, mail_id) == ["accepted", "queued"]
+    leased = db.execute(
+        "SELECT count(*) FROM outbox WHERE available_at > now() + interval '50 seconds'"
+        " AND dispatch_count = 1"
+    ).fetchone()
+    assert leased == (3,)
+    assert round_(db, publisher).claimed == 0, "leased rows are not due"
+
+
+def test_rows_no_worker_picked_up_are_published_again_after_the_lease(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher, settings: Settings
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    round_(db, publisher, visibility=0)
+    assert round_(db, publisher, visibility=0).published == 1
+    assert len(drain_queue(settings)) == 2
+    assert status_of(db, mail_id) == "queued"
+    details = db.execute(
+        "SELECT detail->>'dispatch' FROM mail_events WHERE kind = 'queued' ORDER BY id"
+    ).fetchall()
+    assert details == [("1",), ("2",)]
+
+
+def test_broker_down_leaves_rows_due_and_unmarked(
+    db: psycopg.Connection, tenant: TenantKey, settings: Settings
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    dead_broker = replace(
+        settings, broker_url=f"redis://127.0.0.1:{free_port()}/0", relay_publish_timeout=1
+    )
+    publisher = Publisher(dead_broker)
+    result = round_(db, publisher)
+    assert result.published == 0
+    assert result.error is not None
+    assert status_of(db, mail_id) == "accepted"
+    assert event_kinds(db, mail_id) == ["accepted"]
+    due = db.execute("SELECT count(*) FROM outbox WHERE available_at <= now()").fetchone()
+    assert due == (1,)
+
+
+def test_concurrent_claims_never_share_a_row(
+    database_url: str, db: psycopg.Connection, tenant: TenantKey
+) -> None:
+    for _ in range(10):
+        insert_mail(db, tenant.tenant_id)
+    claim = QUERIES["claim_due_outbox"]
+    with (
+        connect(database_url) as first,
+        connect(database_url) as second,
+        first.transaction(),
+        second.transaction(),
+    ):
+        claimed_first = first.execute(claim, {"batch_size": 6}).fetchall()
+        claimed_second = second.execute(claim, {"batch_size": 6}).fetchall()
+    ids_first = {row[0] for row in claimed_first}
+    ids_second = {row[0] for row in claimed_second}
+    assert len(ids_first) == 6
+    assert len(ids_second) == 4
+    assert ids_first.isdisjoint(ids_second)
+
+
+def test_relay_loop_publishes_on_notify_and_stops_on_request(
+    db: psycopg.Connection, tenant: TenantKey, settings: Settings
+) -> None:
+    import threading  # noqa: PLC0415
+
+    from outbox_relay.relay import Relay  # noqa: PLC0415
+
+    relay = Relay(replace(settings, relay_poll_interval=30.0))
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        mail_id = insert_mail(db, tenant.tenant_id)
+        db.execute("NOTIFY mailroom_outbox")  # what the API's RelayWakeup sends
+        for _ in range(100):
+            if status_of(db, mail_id) == "queued":
+                break
+            threading.Event().wait(0.05)
+        # With a 30 s poll interval, only NOTIFY can have woken it this fast.
+        assert status_of(db, mail_id) == "queued"
+    finally:
+        relay.stopping.set()
+        thread.join(40)
+    assert not thread.is_alive()
+    assert uuid.UUID(drain_queue(settings)[0][1][0][0]) == mail_id
