@@ -10,6 +10,7 @@ import hashlib
 import secrets
 
 KEY_PREFIX = "mr_"
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 
 
 def new_api_key() -> str:
@@ -22,4 +23,9 @@ def key_digest(key: str) -> bytes:
 
 def display_prefix(key: str) -> str:
     """The part of a key safe to show in listings and logs."""
-    return key[: len(KEY_PREFIX) + 6]
+    return key[:DISPLAY_PREFIX_LENGTH]
+
+
+# What a key may do: "send" creates mail, "read" reads it. New keys get both
+# unless ``create-key --scope`` narrows them.
+SCOPES = ("send", "read")

@@ -9,8 +9,17 @@ from typing import Any
 from flask import Flask, Response, g, request
 from flask_smorest import Api
 
+from ingest_api import auth, metrics
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
-from ingest_api.endpoints import get_mail, health, send_mail
+from ingest_api.endpoints import (
+    CAMPAIGN_ENDPOINTS,
+    cancel_mail,
+    get_mail,
+    health,
+    list_mails,
+    send_batch,
+    send_mail,
+)
 from ingest_api.errors import register_error_handlers
 from ingest_api.relay_wakeup import RelayWakeup
 from shared.config import Settings, load_settings
@@ -54,6 +63,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings: Settings = app.config.get("MAILROOM_SETTINGS") or load_settings(
         require=("database_url",)
     )
+    app.config["MAILROOM_SETTINGS"] = settings
     pool = create_pool(settings, name="ingest-api")
     app.extensions["mailroom.pool"] = pool
     app.extensions["mailroom.wakeup"] = RelayWakeup(pool)
@@ -61,10 +71,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_begin_request)
     app.after_request(_end_request)
     app.teardown_request(_reset_request_context)
+    metrics.init_app(app)  # first, so the latency includes authentication
+    auth.init_app(app, settings)  # every /v1 request: API key, then rate limit
 
     api = Api(app)
-    api.register_blueprint(send_mail.blp)
-    api.register_blueprint(get_mail.blp)
+    for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
+        api.register_blueprint(endpoint.blp)
     app.register_blueprint(health.blp)
     register_error_handlers(app)
     return app

@@ -15,6 +15,7 @@ from flask_smorest import abort
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from ingest_api.accept import IdempotencyConflict
 from shared.jsonlog import request_id_var
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,15 @@ def handle_database_unavailable(error: Exception) -> Response:
     return response
 
 
+def handle_idempotency_conflict(error: IdempotencyConflict) -> Response:
+    return problem(
+        422,
+        "Unprocessable Entity",
+        "this Idempotency-Key was used before with a different request",
+        {"Idempotency-Key": ["reused with a different request body"]},
+    )
+
+
 def handle_unexpected(error: Exception) -> Response:
     log.exception("unhandled error")
     return problem(500, "Internal Server Error", "an internal error occurred; quote the request id")
@@ -96,4 +106,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(PoolTimeout, handle_database_unavailable)
     # Any database error, a failed COMMIT included, means nothing was accepted.
     app.register_error_handler(psycopg.Error, handle_database_unavailable)
+    app.register_error_handler(IdempotencyConflict, handle_idempotency_conflict)
     app.register_error_handler(Exception, handle_unexpected)

@@ -13,11 +13,18 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from mail_worker.tasks import make_send_mail
+from mail_worker.tasks import make_canary, make_send_mail
 from shared.cli_support import settings_or_exit
 from shared.config import Settings
 from shared.jsonlog import configure_logging
-from shared.queues import ALL_QUEUES, SEND_MAIL_TASK, TRANSACTIONAL_QUEUE, broker_transport_options
+from shared.queues import (
+    CANARY_TASK,
+    SEND_MAIL_TASK,
+    TRANSACTIONAL_QUEUE,
+    all_queues,
+    broker_queue_name,
+    broker_transport_options,
+)
 
 WORKER_REQUIRES = ("database_url", "broker_url", "smtp", "message_id_domain")
 
@@ -30,8 +37,8 @@ def create_celery_app(settings: Settings) -> Celery:
             settings.broker_url, settings.broker_key_prefix
         ),
         broker_connection_retry_on_startup=True,
-        task_queues=ALL_QUEUES,
-        task_default_queue=TRANSACTIONAL_QUEUE,
+        task_queues=all_queues(settings.broker_url, settings.queue_prefix),
+        task_default_queue=broker_queue_name(TRANSACTIONAL_QUEUE, settings.queue_prefix),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
@@ -39,14 +46,17 @@ def create_celery_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_soft_time_limit=120,
-        task_time_limit=180,
+        # The hard limit ends a stuck send well before the relay's sending timeout
+        # declares the worker lost and puts the mail back: never two live sends.
+        task_soft_time_limit=settings.sending_timeout * 0.5,
+        task_time_limit=settings.sending_timeout * 0.6,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     celery.task(name=SEND_MAIL_TASK, bind=False, acks_late=True, reject_on_worker_lost=True)(
         make_send_mail(settings)
     )
+    celery.task(name=CANARY_TASK, bind=False, acks_late=True)(make_canary(settings))
     return celery
 
 

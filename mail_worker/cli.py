@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shared.queues import STREAM_QUEUES
+from shared.queues import STREAM_QUEUES, broker_queue_name
 
 
 @click.group()
@@ -16,17 +16,19 @@ def cli() -> None:
 @click.option("--concurrency", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--queues", default=",".join(STREAM_QUEUES.values()), show_default=True,
-    help="comma-separated queues to consume",
+    help="comma-separated streams to consume (run one worker per stream to isolate them)",
 )  # fmt: skip
 def run(concurrency: int, queues: str) -> None:
     """Run a Celery worker consuming the mail queues."""
-    from mail_worker.celery_app import app  # noqa: PLC0415 - loads settings; keep --help usable without them
+    # Imported here: it loads the settings, and --help must work without them.
+    from mail_worker.celery_app import app, settings  # noqa: PLC0415
 
+    names = [broker_queue_name(q.strip(), settings.queue_prefix) for q in queues.split(",")]
     app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency}",
-            f"--queues={queues}",
+            f"--queues={','.join(names)}",
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from email import policy
 from email.headerregistry import Address
@@ -44,7 +45,24 @@ def compose(mail_id: uuid.UUID | str, request: dict[str, Any], domain: str) -> E
             message.add_alternative(html, subtype="html")
     else:
         message.set_content(html or "", subtype="html")
+    _attach(message, request.get("attachments") or [], has_html=bool(html))
     return message
+
+
+def _attach(message: EmailMessage, attachments: list[dict[str, Any]], *, has_html: bool) -> None:
+    """Inline images (by Content-ID) join the html part; the rest are attachments."""
+    for attachment in attachments:
+        data = base64.b64decode(attachment["content"])
+        maintype, _, subtype = attachment["content_type"].partition("/")
+        content_id = attachment.get("content_id")
+        if content_id and has_html:
+            html_part = message.get_body(("html",))
+            assert isinstance(html_part, EmailMessage)
+            html_part.add_related(
+                data, maintype, subtype, cid=f"<{content_id}>", filename=attachment["filename"]
+            )
+        else:
+            message.add_attachment(data, maintype, subtype, filename=attachment["filename"])
 
 
 def needs_smtputf8(request: dict[str, Any]) -> bool:

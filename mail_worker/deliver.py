@@ -68,3 +68,10 @@ def deliver(
         _finish(pool, mail.id, MailStatus.SENT, detail, None)
         log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})
         return MailStatus.SENT.value
+
+
+def record_canary(pool: DictPool, canary_id: str, worker: str) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            QUERIES["record_canary_received"], {"id": uuid.UUID(canary_id), "worker": worker}
+        )

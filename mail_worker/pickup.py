@@ -21,7 +21,11 @@ class PickedMail:
 
 
 def pick_up(pool: DictPool, mail_id: uuid.UUID, worker: str) -> PickedMail | None:
-    """Move the mail to ``sending`` and delete its outbox row; None if another delivery won."""
+    """Move the mail to ``sending`` and delete its outbox row.
+
+    None if another delivery won, or if the mail is past ``expires_at`` (it then
+    becomes ``expired``: never sent late).
+    """
     with pool.connection() as conn, conn.transaction():
         conn.execute(QUERIES["lock_outbox_row"], {"mail_id": mail_id})
         row = conn.execute(
@@ -32,4 +36,13 @@ def pick_up(pool: DictPool, mail_id: uuid.UUID, worker: str) -> PickedMail | Non
                 "worker": worker,
             },
         ).fetchone()
+        if row is None:
+            conn.execute(
+                QUERIES["expire_mails"],
+                {
+                    "mail_ids": [mail_id],
+                    "from_statuses": statuses_that_may_become(MailStatus.EXPIRED),
+                    "by": "worker",
+                },
+            )
     return None if row is None else PickedMail(**row)

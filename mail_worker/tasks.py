@@ -1,11 +1,11 @@
-"""The Celery task: a thin wrapper that hands the mail id to the send step."""
+"""The Celery tasks: thin wrappers that hand an id to the send step or the canary record."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from mail_worker import resources
-from mail_worker.deliver import deliver
+from mail_worker.deliver import deliver, record_canary
 from shared.config import Settings
 
 
@@ -20,3 +20,12 @@ def make_send_mail(settings: Settings) -> Callable[[str], str]:
         )
 
     return send_mail
+
+
+def make_canary(settings: Settings) -> Callable[[str], str]:
+    def canary(canary_id: str) -> str:
+        """Record that a canary came through the broker; sends no mail."""
+        record_canary(resources.database_pool(settings), canary_id, resources.worker_name())
+        return "received"
+
+    return canary

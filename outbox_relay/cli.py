@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from outbox_relay.commands.check import check
 from outbox_relay.commands.migrate import migrate
 from outbox_relay.commands.run import run
+from outbox_relay.commands.status import status
 
 
 @click.group()
@@ -15,6 +17,8 @@ def cli() -> None:
 
 cli.add_command(run)
 cli.add_command(migrate)
+cli.add_command(check)
+cli.add_command(status)
 
 
 def main() -> None:

@@ -2,7 +2,14 @@
 
 Messages are written in Celery's own wire format (task protocol 2, JSON) so a
 stock Celery worker consumes them, without the relay importing the worker. A
-message carries the mail id only; the worker reads the mail from the database.
+message carries an id only; the worker reads the mail from the database.
+
+Redis: a round's messages go out in one pipeline (kombu's ``Producer.batch``),
+on the default exchange, so a publish is one LPUSH in a shared round trip.
+RabbitMQ: publisher confirms, persistent messages, ``mandatory``, and a named
+exchange whose alternate exchange catches what no queue is bound for.
+Every publish has a timeout; any failure raises PublishError and the caller
+leaves the rows due.
 """
 
 from __future__ import annotations
@@ -11,32 +18,50 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Producer
 
 from shared.config import Settings
-from shared.queues import ALL_QUEUES, MAIL_EXCHANGE, SEND_MAIL_TASK, broker_transport_options
+from shared.queues import (
+    CANARY_TASK,
+    SEND_MAIL_TASK,
+    UNROUTABLE_QUEUE,
+    broker_queue_name,
+    broker_transport_options,
+    is_amqp,
+    mail_exchange,
+)
 
 
 class PublishError(RuntimeError):
-    """The broker did not take the message; the outbox row stays due."""
+    """The broker did not take the messages; the outbox rows stay due."""
 
 
 @dataclass(frozen=True)
-class SendMailMessage:
-    mail_id: uuid.UUID
-    queue: str
+class TaskMessage:
+    task: str
+    object_id: uuid.UUID  # a mail id, or a canary id
+    queue: str  # the stream's queue; the broker queue adds MAILROOM_QUEUE_PREFIX
+
+    @classmethod
+    def send_mail(cls, mail_id: uuid.UUID, queue: str) -> TaskMessage:
+        return cls(SEND_MAIL_TASK, mail_id, queue)
+
+    @classmethod
+    def canary(cls, canary_id: uuid.UUID, queue: str) -> TaskMessage:
+        return cls(CANARY_TASK, canary_id, queue)
 
 
-def celery_message(mail_id: uuid.UUID, origin: str) -> tuple[Any, dict[str, Any], str]:
-    """Body, headers and task id of a ``send_mail(mail_id)`` task message."""
+def celery_message(message: TaskMessage, origin: str) -> tuple[Any, dict[str, Any], str]:
+    """Body, headers and task id of ``<task>(<id>)`` in Celery's protocol 2."""
     task_id = str(uuid.uuid4())
-    args = [str(mail_id)]
+    args = [str(message.object_id)]
     headers = {
         "lang": "py",
-        "task": SEND_MAIL_TASK,
+        "task": message.task,
         "id": task_id,
         "root_id": task_id,
         "parent_id": None,
@@ -59,46 +84,61 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._amqp = is_amqp(settings.broker_url)
         self._origin = f"outbox-relay@{socket.gethostname()}:{os.getpid()}"
         self._connection: Connection | None = None
         self._producer: Producer | None = None
 
-    def _ensure_producer(self) -> Producer:
-        if self._producer is None:
+    def connection(self) -> Connection:
+        if self._connection is None:
+            timeout = self._settings.relay_publish_timeout
             options = broker_transport_options(
                 self._settings.broker_url, self._settings.broker_key_prefix
-            )
-            timeout = self._settings.relay_publish_timeout
-            options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            ) | {"socket_timeout": timeout, "socket_connect_timeout": timeout}
             self._connection = Connection(
-                self._settings.broker_url,
-                transport_options=options,
-                connect_timeout=timeout,
+                self._settings.broker_url, transport_options=options, connect_timeout=timeout
             )
             self._connection.ensure_connection(max_retries=1, timeout=timeout)
-            channel = self._connection.default_channel
-            for queue in ALL_QUEUES:
-                queue.bind(channel).declare()
-            self._producer = Producer(channel, exchange=MAIL_EXCHANGE, serializer="json")
+        return self._connection
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            channel = self.connection().default_channel
+            exchange = mail_exchange(self._settings.broker_url)
+            if self._amqp:
+                # The relay declares the exchanges, never the mail queues: only a
+                # worker's declaration makes a queue exist, so a wrong queue name
+                # lands in the unroutable queue instead of a queue nobody reads.
+                UNROUTABLE_QUEUE.bind(channel).declare()
+                exchange.bind(channel).declare()
+            self._producer = Producer(channel, exchange=exchange, serializer="json")
         return self._producer
 
-    def publish(self, message: SendMailMessage) -> str:
-        """Publish one message, or raise PublishError; return the Celery task id."""
-        body, headers, task_id = celery_message(message.mail_id, self._origin)
+    def publish(self, messages: Sequence[TaskMessage]) -> None:
+        """Publish all, or raise PublishError (some may then be published twice later)."""
+        if not messages:
+            return
         try:
-            self._ensure_producer().publish(
-                body,
-                routing_key=message.queue,
-                headers=headers,
-                correlation_id=task_id,
-                delivery_mode=2,
-                retry=False,
-                timeout=self._settings.relay_publish_timeout,
-            )
-        except Exception as exc:  # any broker failure: drop the connection, keep the row
+            producer = self._ensure_producer()
+            with producer.batch(max_size=max(1, 2 * len(messages))):
+                for message in messages:
+                    self._publish_one(producer, message)
+        except Exception as exc:  # any broker failure: drop the connection, keep the rows
             self.close()
             raise PublishError(f"{type(exc).__name__}: {exc}") from exc
-        return task_id
+
+    def _publish_one(self, producer: Producer, message: TaskMessage) -> None:
+        body, headers, task_id = celery_message(message, self._origin)
+        producer.publish(
+            body,
+            routing_key=broker_queue_name(message.queue, self._settings.queue_prefix),
+            headers=headers,
+            correlation_id=task_id,
+            delivery_mode=2,
+            mandatory=self._amqp,
+            retry=False,
+            timeout=self._settings.relay_publish_timeout,
+        )
 
     def close(self) -> None:
         if self._connection is not None:

@@ -1,4 +1,6 @@
-"""The relay loop: dispatch rounds, woken by LISTEN/NOTIFY, with polling as a fallback.
+"""The relay loop: dispatch rounds, woken by LISTEN/NOTIFY, with polling as a
+fallback, plus the periodic work: canaries, the pipeline's health, metrics, and
+(RabbitMQ) draining unroutable messages.
 
 The listener is a convenience for latency only: if it cannot connect (behind a
 transaction-mode PgBouncer, say) the relay still polls every
@@ -8,33 +10,71 @@ transaction-mode PgBouncer, say) the relay still polls every
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import psycopg
+from prometheus_client import start_http_server
 
-from outbox_relay.dispatch import dispatch_round
-from outbox_relay.publish import Publisher
+from outbox_relay import metrics
+from outbox_relay.canary import IncidentLog, send_canaries
+from outbox_relay.dispatch import DispatchPolicy, RoundResult, dispatch_round
+from outbox_relay.publish import Publisher, PublishError
+from outbox_relay.unroutable import drain_unroutable
 from shared.config import Settings
 from shared.db import connect
-from shared.queues import OUTBOX_CHANNEL
+from shared.pipeline_health import pipeline_health
+from shared.queries import QUERIES
+from shared.queues import OUTBOX_CHANNEL, is_amqp
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 10.0
 STOP_CHECK_SECONDS = 0.5
+STATS_INTERVAL = 5.0
+UNROUTABLE_INTERVAL = 2.0
+PRUNE_INTERVAL = 600.0
+
+
+class Periodic:
+    """Runs a job at most every *interval* seconds, from the relay's own loop."""
+
+    def __init__(self, interval: float, job: Callable[[], None]) -> None:
+        self.interval = interval
+        self.job = job
+        self.next_run = 0.0
+
+    def maybe_run(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_run:
+            self.next_run = now + self.interval
+            self.job()
 
 
 class Relay:
     def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
         self.settings = settings
         self.publisher = publisher or Publisher(settings)
+        self.policy = DispatchPolicy.from_settings(settings)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
+        self.incidents = IncidentLog()
         self._conn: psycopg.Connection | None = None
         self._listener: psycopg.Connection | None = None
         self._failures = 0
+        self._periodic = [
+            Periodic(settings.canary_interval, self._canary),
+            Periodic(STATS_INTERVAL, self._stats),
+            Periodic(STATS_INTERVAL, self._recover_abandoned_sends),
+            Periodic(PRUNE_INTERVAL, self._prune),
+        ]
+        if is_amqp(settings.broker_url):
+            self._periodic.append(Periodic(UNROUTABLE_INTERVAL, self._drain_unroutable))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the current round, then stop."""
@@ -46,41 +86,112 @@ class Relay:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
+    def serve_metrics(self) -> None:
+        if self.settings.relay_metrics_port:
+            start_http_server(self.settings.relay_metrics_port, addr="127.0.0.1")
+            log.info("metrics", extra={"port": self.settings.relay_metrics_port})
+
     def run(self) -> None:
-        log.info("relay started", extra={"batch_size": self.settings.relay_batch_size})
+        log.info("relay started", extra={"relay": self.name, "batch_size": self.policy.batch_size})
+        self._listen()  # before the first round, so no NOTIFY falls between the two
         while not self.stopping.is_set():
-            published_full_batch = self._one_round()
-            if not published_full_batch:
+            full_batch = self._one_round()
+            self._run_periodic()
+            if not full_batch:
                 self._wait_for_work()
         self._close()
         log.info("relay stopped")
 
+    # --- the dispatch round -------------------------------------------------------
+
     def _one_round(self) -> bool:
         """Run a round; True when the batch was full and more work is likely waiting."""
         try:
-            conn = self._connection()
-            result = dispatch_round(
-                conn,
-                self.publisher,
-                batch_size=self.settings.relay_batch_size,
-                visibility_timeout=self.settings.relay_visibility_timeout,
-            )
+            result = dispatch_round(self._connection(), self.publisher, self.policy)
         except psycopg.Error as exc:
             self._note_failure("database error; retrying", exc)
             self._drop_connection()
             return False
+        self._count(result)
         if result.error is not None:
-            self._note_failure("broker refused a publish; rows stay due", result.error)
+            self._note_failure("the broker refused a publish; the rows stay due", result.error)
             return False
-        if result.published:
-            log.info("published", extra={"count": result.published})
         self._failures = 0
-        return result.claimed >= self.settings.relay_batch_size
+        return result.claimed >= self.policy.batch_size
+
+    @staticmethod
+    def _count(result: RoundResult) -> None:
+        metrics.PUBLISHED.labels("first").inc(result.published - result.redispatched)
+        metrics.PUBLISHED.labels("redispatch").inc(result.redispatched)
+        metrics.EXPIRED.inc(result.expired)
+        metrics.DEAD.inc(result.dead)
+        if result.error is not None:
+            metrics.PUBLISH_ERRORS.inc()
+        elif result.published:
+            metrics.PUBLISH_SECONDS.observe(result.publish_seconds)
+            log.info(
+                "published",
+                extra={"count": result.published, "redispatched": result.redispatched},
+            )
 
     def _note_failure(self, message: str, exc: BaseException) -> None:
         self._failures += 1
         log.error(message, extra={"error": str(exc), "consecutive_failures": self._failures})
         self.stopping.wait(min(MAX_BACKOFF_SECONDS, 0.2 * 2**self._failures))
+
+    # --- periodic work ------------------------------------------------------------
+
+    def _run_periodic(self) -> None:
+        for job in self._periodic:
+            try:
+                job.maybe_run()
+            except (psycopg.Error, PublishError, OSError) as exc:
+                log.warning("periodic job failed", extra={"error": str(exc)})
+                self._drop_connection()
+
+    def _canary(self) -> None:
+        conn = self._connection()
+        try:
+            send_canaries(conn, self.publisher, self.name)
+        except PublishError as exc:
+            log.warning("could not publish canaries", extra={"error": str(exc)})
+        health = pipeline_health(conn, self.settings.canary_threshold)
+        for item in health:
+            metrics.PIPELINE_HEALTHY.labels(item.queue).set(item.state == "healthy")
+            if item.age_seconds is not None:
+                metrics.CANARY_AGE.labels(item.queue).set(item.age_seconds)
+        if self.incidents.observe(health):
+            # What was published while the link was broken may be lost; publish it
+            # again now rather than after its backoff (duplicates are no-ops).
+            released = conn.execute(QUERIES["release_leases"]).rowcount
+            log.warning("released in-flight rows after recovery", extra={"count": released})
+
+    def _recover_abandoned_sends(self) -> None:
+        params = {"sending_timeout": self.settings.sending_timeout}
+        recovered = self._connection().execute(QUERIES["recover_abandoned_sends"], params).rowcount
+        if recovered:
+            metrics.ABANDONED.inc(recovered)
+            log.error(
+                "mails whose worker was lost go back to the outbox", extra={"count": recovered}
+            )
+
+    def _stats(self) -> None:
+        row = self._connection().execute(QUERIES["outbox_stats"]).fetchone()
+        assert row is not None
+        due, total, in_flight, oldest_undispatched, oldest_in_flight = row
+        metrics.OUTBOX_BACKLOG.set(due)
+        metrics.OUTBOX_ROWS.set(total)
+        metrics.OUTBOX_IN_FLIGHT.set(in_flight)
+        metrics.OLDEST_UNDISPATCHED.set(float(oldest_undispatched))
+        metrics.OLDEST_IN_FLIGHT.set(float(oldest_in_flight))
+
+    def _prune(self) -> None:
+        self._connection().execute(QUERIES["prune_canaries"])
+
+    def _drain_unroutable(self) -> None:
+        metrics.UNROUTABLE.inc(drain_unroutable(self._connection(), self.publisher))
+
+    # --- connections --------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -106,12 +217,10 @@ class Relay:
                 self.stopping.wait(min(remaining, STOP_CHECK_SECONDS))
                 continue
             try:
-                if any(
-                    True
-                    for _ in listener.notifies(
-                        timeout=min(remaining, STOP_CHECK_SECONDS), stop_after=1
-                    )
-                ):
+                notified = listener.notifies(
+                    timeout=min(remaining, STOP_CHECK_SECONDS), stop_after=1
+                )
+                if any(True for _ in notified):
                     return
             except psycopg.Error as exc:
                 log.warning("listener lost; polling", extra={"error": str(exc)})

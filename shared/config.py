@@ -42,8 +42,20 @@ class Settings:
     relay_poll_interval: float = 1.0
     relay_visibility_timeout: float = 60.0
     relay_publish_timeout: float = 5.0
+    relay_max_dispatches: int = 8
+    relay_max_age: float = 86400.0
+    relay_metrics_port: int = 9108
+    canary_interval: float = 15.0
+    canary_threshold: float = 60.0
+    sending_timeout: float = 300.0
+    queue_prefix: str = ""
     smtp_timeout: float = 30.0
     log_level: str = "INFO"
+    # Per-API-key rate limit (token bucket in Redis); no URL means no rate limiting.
+    rate_limit_url: str = ""
+    rate_limit_rate: float = 50.0
+    rate_limit_burst: int = 100
+    rate_limit_prefix: str = "mailroom:ratelimit:"
 
 
 def _parse_database_url(value: str) -> str:
@@ -101,11 +113,30 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port number (0 turns it off)")
+    return port
+
+
+def _parse_queue_prefix(value: str) -> str:
+    if not all(c.isalnum() or c in "-_." for c in value):
+        raise ValueError("letters, digits, '-', '_' and '.' only")
+    return value
+
+
 def _parse_log_level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return level
+
+
+def _parse_rate_limit_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected redis://host:port/db, rediss://… or unix:///path")
+    return value
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -120,8 +151,19 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "relay_poll_interval": _positive(float),
     "relay_visibility_timeout": _positive(float),
     "relay_publish_timeout": _positive(float),
+    "relay_max_dispatches": _positive(int),
+    "relay_max_age": _positive(float),
+    "relay_metrics_port": _port,
+    "canary_interval": _positive(float),
+    "canary_threshold": _positive(float),
+    "sending_timeout": _positive(float),
+    "queue_prefix": _parse_queue_prefix,
     "smtp_timeout": _positive(float),
     "log_level": _parse_log_level,
+    "rate_limit_url": _parse_rate_limit_url,
+    "rate_limit_rate": _positive(float),
+    "rate_limit_burst": _positive(int),
+    "rate_limit_prefix": str,
 }
 
 # The variable for each setting; ``smtp`` is configured as a URL.

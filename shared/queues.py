@@ -1,6 +1,9 @@
 """Names shared by the relay (which publishes) and the worker (which consumes).
 
-Kept in one place so that a typo cannot route mail into a queue nobody reads.
+Kept in one place so that the two sides cannot disagree by a typo. The broker
+queue of a stream is ``MAILROOM_QUEUE_PREFIX`` + the stream's queue name; a
+relay and a worker configured with different prefixes is exactly the
+misconfiguration the canary and ``outbox-relay check`` exist to catch.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 SEND_MAIL_TASK = "mailroom.send_mail"
+CANARY_TASK = "mailroom.canary"
 
 # The PostgreSQL channel on which the API wakes the relays after committing mail.
 OUTBOX_CHANNEL = "mailroom_outbox"
@@ -16,25 +20,61 @@ TRANSACTIONAL_QUEUE = "transactional"
 CAMPAIGN_QUEUE = "campaign"
 
 STREAM_QUEUES = {"transactional": TRANSACTIONAL_QUEUE, "campaign": CAMPAIGN_QUEUE}
+# The order in which a relay fills a batch: a campaign burst never delays a password reset.
+QUEUE_PRIORITY = (TRANSACTIONAL_QUEUE, CAMPAIGN_QUEUE)
 
-MAIL_EXCHANGE = Exchange("mailroom", type="direct", durable=True)
+# RabbitMQ: what no queue is bound for goes to this fanout exchange and queue,
+# which the relay drains back into the outbox, instead of being dropped.
+UNROUTABLE_EXCHANGE = Exchange("mailroom.unroutable", type="fanout", durable=True)
+UNROUTABLE_QUEUE = Queue("mailroom.unroutable", UNROUTABLE_EXCHANGE, routing_key="", durable=True)
 
 
-def kombu_queue(name: str) -> Queue:
-    """The declaration both sides use: a durable queue bound by its own name."""
-    return Queue(name, MAIL_EXCHANGE, routing_key=name, durable=True)
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp", "pyamqp"))
 
 
-ALL_QUEUES = tuple(kombu_queue(name) for name in STREAM_QUEUES.values())
+def mail_exchange(broker_url: str) -> Exchange:
+    """RabbitMQ: a durable direct exchange with an alternate exchange.
+
+    Redis: the default exchange, which kombu turns into one LPUSH onto the queue
+    named by the routing key (a named exchange costs a lookup per message).
+    """
+    if is_amqp(broker_url):
+        return Exchange(
+            "mailroom",
+            type="direct",
+            durable=True,
+            arguments={"alternate-exchange": UNROUTABLE_EXCHANGE.name},
+        )
+    return Exchange("", type="direct")
+
+
+def broker_queue_name(queue: str, prefix: str) -> str:
+    return prefix + queue
+
+
+def kombu_queue(queue: str, broker_url: str, prefix: str = "") -> Queue:
+    """The declaration of one stream's queue, as the worker makes it."""
+    name = broker_queue_name(queue, prefix)
+    exchange = mail_exchange(broker_url)
+    if not exchange.name:
+        return Queue(name, routing_key=name, durable=True)
+    return Queue(name, exchange, routing_key=name, durable=True)
+
+
+def all_queues(broker_url: str, prefix: str = "") -> tuple[Queue, ...]:
+    return tuple(kombu_queue(queue, broker_url, prefix) for queue in QUEUE_PRIORITY)
 
 
 def broker_transport_options(broker_url: str, key_prefix: str) -> dict[str, object]:
-    """Transport options for kombu/Celery; a key prefix isolates tenants of one Redis."""
+    """Transport options for kombu and Celery."""
     options: dict[str, object] = {}
-    if broker_url.startswith(("redis", "rediss")) and key_prefix:
-        options["global_keyprefix"] = key_prefix
-    if broker_url.startswith(("redis", "rediss")):
-        # Redis restores unacked messages after this many seconds; it must exceed
-        # the longest task, or a slow send would be delivered to a second worker.
-        options["visibility_timeout"] = 3600
+    if is_amqp(broker_url):
+        options["confirm_publish"] = True  # RabbitMQ confirms every publish
+        return options
+    if key_prefix:
+        options["global_keyprefix"] = key_prefix  # several installations on one Redis
+    # Redis restores unacked messages after this many seconds; it must exceed the
+    # longest task, or a slow send would be delivered to a second worker.
+    options["visibility_timeout"] = 3600
     return options

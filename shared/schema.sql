@@ -6,7 +6,8 @@ CREATE TABLE tenants (
     id              uuid PRIMARY KEY,
     name            text NOT NULL UNIQUE,
     sender_domains  text[] NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    webhook_secret  text
 );
 
 -- Keys are random and long, so a SHA-256 digest is enough to store them safely;
@@ -32,9 +33,18 @@ CREATE TABLE mails (
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    source        text NOT NULL DEFAULT 'api'
+                  CHECK (source IN ('api', 'campaign', 'cdp')),
+    send_at       timestamptz,
+    expires_at    timestamptz,
+    tags          text[] NOT NULL DEFAULT '{}',
+    metadata      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    campaign_key  text
 );
 CREATE INDEX mails_tenant_created_idx ON mails (tenant_id, created_at);
+CREATE INDEX mails_tenant_status_created_idx ON mails (tenant_id, status, created_at);
+CREATE INDEX mails_tags_idx ON mails USING gin (tags);
 
 -- A row here means "this mail still has to reach a worker". The relay publishes
 -- due rows and pushes available_at forward by the visibility timeout (a lease
@@ -47,7 +57,8 @@ CREATE TABLE outbox (
     dispatch_count  integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX outbox_available_at_idx ON outbox (available_at);
+-- The relay claims per queue, so a burst on one stream never delays another.
+CREATE INDEX outbox_queue_available_at_idx ON outbox (queue, available_at);
 
 -- Append-only history of each mail.
 CREATE TABLE mail_events (
@@ -69,3 +80,72 @@ $$;
 CREATE TRIGGER mail_events_append_only
     BEFORE UPDATE OR DELETE ON mail_events
     FOR EACH ROW EXECUTE FUNCTION mail_events_refuse_change();
+
+-- A retried request with the same key gets the first answer back. The row is
+-- inserted first in the ingest transaction, so a concurrent request with the
+-- same key waits on the primary key until the first one commits or rolls back.
+CREATE TABLE idempotency_keys (
+    tenant_id     uuid NOT NULL REFERENCES tenants (id),
+    key           text NOT NULL,
+    request_hash  bytea NOT NULL,
+    status_code   integer NOT NULL,
+    response      jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at);
+
+CREATE TABLE campaigns (
+    tenant_id         uuid NOT NULL REFERENCES tenants (id),
+    key               text NOT NULL,
+    from_template     text NOT NULL,
+    subject_template  text NOT NULL,
+    text_template     text,
+    html_template     text,
+    reply_to          text,
+    headers           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    tags              text[] NOT NULL DEFAULT '{}',
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, key),
+    CHECK (text_template IS NOT NULL OR html_template IS NOT NULL)
+);
+
+CREATE TABLE workflows (
+    id                uuid PRIMARY KEY,
+    tenant_id         uuid NOT NULL,
+    event_name        text NOT NULL,
+    property_filters  jsonb NOT NULL DEFAULT '{}'::jsonb,
+    campaign_key      text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (tenant_id, campaign_key) REFERENCES campaigns (tenant_id, key)
+);
+CREATE INDEX workflows_tenant_event_idx ON workflows (tenant_id, event_name);
+
+-- Every CDP event received, stored in the transaction that creates its mails,
+-- also when no rule matched; message_id deduplicates the CDP's retries.
+CREATE TABLE cdp_events (
+    id           uuid PRIMARY KEY,
+    tenant_id    uuid NOT NULL REFERENCES tenants (id),
+    message_id   text NOT NULL,
+    event_name   text,
+    payload      jsonb NOT NULL,
+    mail_ids     uuid[] NOT NULL DEFAULT '{}',
+    response     jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tenant_id, message_id)
+);
+
+-- What each API key may do (migration 0003): 'send' and 'read'.
+ALTER TABLE api_keys ADD COLUMN scopes text[] NOT NULL DEFAULT '{send,read}';
+CREATE TABLE canaries (
+    id            uuid PRIMARY KEY,
+    queue         text NOT NULL,
+    relay         text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    published_at  timestamptz,
+    received_at   timestamptz,
+    worker        text
+);
+CREATE INDEX canaries_queue_received_idx ON canaries (queue, received_at);
+CREATE INDEX canaries_created_idx ON canaries (created_at);

@@ -36,14 +36,24 @@ FINAL_STATUSES = frozenset(
 
 TRANSITIONS: dict[MailStatus, frozenset[MailStatus]] = {
     MailStatus.SCHEDULED: frozenset(
-        {MailStatus.ACCEPTED, MailStatus.CANCELLED, MailStatus.EXPIRED}
-    ),
-    MailStatus.ACCEPTED: frozenset(
-        {MailStatus.QUEUED, MailStatus.SENDING, MailStatus.CANCELLED, MailStatus.EXPIRED}
+        {MailStatus.QUEUED, MailStatus.CANCELLED, MailStatus.EXPIRED, MailStatus.DEAD}
     ),
     # A worker may pick a mail up while the relay's 'queued' commit is still in
     # flight, so SENDING is reachable from ACCEPTED as well as from QUEUED.
-    MailStatus.QUEUED: frozenset({MailStatus.SENDING, MailStatus.DEAD, MailStatus.EXPIRED}),
+    # DEAD from ACCEPTED: never published within the maximum age (a broker down for a day).
+    MailStatus.ACCEPTED: frozenset(
+        {
+            MailStatus.QUEUED,
+            MailStatus.SENDING,
+            MailStatus.CANCELLED,
+            MailStatus.EXPIRED,
+            MailStatus.DEAD,
+        }
+    ),
+    # Published but not picked up: sending has not begun, so a client may still cancel.
+    MailStatus.QUEUED: frozenset(
+        {MailStatus.SENDING, MailStatus.CANCELLED, MailStatus.DEAD, MailStatus.EXPIRED}
+    ),
     MailStatus.SENDING: frozenset(
         {MailStatus.SENT, MailStatus.FAILED, MailStatus.RETRYING, MailStatus.SUPPRESSED}
     ),

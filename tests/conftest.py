@@ -3,19 +3,25 @@ per test, a Redis key prefix per test, and a real SMTP server per test."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import psycopg
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
+from ingest_api.app import create_app
 from shared.config import Settings, parse_smtp_url
 from shared.db import connect
 from shared.devstack.smtp_sink import SmtpSink
 from shared.migrate import migrate
 from shared.queries import QUERIES
 from tests import services
+from tests.processes import Processes
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +99,7 @@ def settings_env(settings: Settings, smtp_url: str | None = None) -> dict[str, s
         "MAILROOM_RELAY_POLL_INTERVAL": str(settings.relay_poll_interval),
         "MAILROOM_RELAY_VISIBILITY_TIMEOUT": str(settings.relay_visibility_timeout),
         "MAILROOM_DB_CONNECT_TIMEOUT": str(settings.db_connect_timeout),
+        "MAILROOM_RELAY_METRICS_PORT": "0",  # tests run several relays on one machine
     }
     if smtp_url:
         env["MAILROOM_SMTP_URL"] = smtp_url
@@ -116,12 +123,13 @@ def make_tenant(conn: psycopg.Connection, name: str, domains: list[str]) -> Tena
         QUERIES["insert_tenant"], {"id": tenant_id, "name": name, "sender_domains": domains}
     )
     conn.execute(
-        QUERIES["insert_api_key"],
+        QUERIES["insert_api_key_with_scopes"],
         {
             "id": uuid.uuid4(),
             "tenant_id": tenant_id,
             "key_prefix": display_prefix(key),
             "key_hash": key_digest(key),
+            "scopes": ["send", "read"],
         },
     )
     return TenantKey(tenant_id, name, key)
@@ -134,7 +142,70 @@ def tenant(db: psycopg.Connection) -> TenantKey:
 
 @pytest.fixture
 def other_tenant(db: psycopg.Connection) -> TenantKey:
-    return make_tenant(db, "globex", ["globex.test"])
+    return make_tenant(db, "globex", ["globex.com"])
 
 
-__all__ = ["TenantKey", "make_tenant", "replace", "settings_env"]
+def make_app(settings: Settings) -> Flask:
+    """The API app over a test's database, with its pool ready."""
+    app = create_app({"MAILROOM_SETTINGS": settings, "TESTING": True})
+    app.extensions["mailroom.pool"].wait(timeout=10)
+    return app
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = make_app(settings)
+    yield app
+    app.extensions["mailroom.pool"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+__all__ = ["TenantKey", "make_app", "make_tenant", "replace", "settings_env"]
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A fresh vhost on the RabbitMQ named by MAILROOM_TEST_RABBITMQ_URL."""
+    base = services.rabbitmq_base_url()
+    if base is None or shutil.which("rabbitmqctl") is None:
+        pytest.skip("set MAILROOM_TEST_RABBITMQ_URL (and have rabbitmqctl) for RabbitMQ tests")
+    vhost = services.create_vhost()
+    try:
+        yield base.rstrip("/") + "/" + vhost
+    finally:
+        services.delete_vhost(vhost)
+
+
+@pytest.fixture
+def amqp_settings(settings: Settings, rabbitmq_url: str) -> Settings:
+    return replace(settings, broker_url=rabbitmq_url, broker_key_prefix="")
+
+
+@pytest.fixture
+def procs(
+    request: pytest.FixtureRequest, tmp_path: Path, settings: Settings, smtp_sink: SmtpSink
+) -> Iterator[Processes]:
+    """Real API, relay and worker processes this test starts (and stops)."""
+    processes = Processes(settings_env(settings, smtp_sink.url), tmp_path)
+    yield processes
+    processes.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(processes.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def new_key(procs: Processes, tenant: str = "acme") -> str:
+    """A tenant sending from example.com and its key, through the real console scripts."""
+    procs.cli("ingest-api", "create-tenant", tenant, "--sender-domain", "example.com")
+    return procs.cli("ingest-api", "create-key", tenant).strip().splitlines()[-1]

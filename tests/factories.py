@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from shared.queries import QUERIES
+from ingest_api.accept import IngestTransaction, NewMail
 
 
 def stored_request(**overrides: Any) -> dict[str, Any]:
@@ -22,25 +22,27 @@ def stored_request(**overrides: Any) -> dict[str, Any]:
         "text": "Hi Bob",
         "html": "<p>Hi Bob</p>",
         "headers": {},
+        "attachments": [],
     }
     request.update(overrides)
     return request
 
 
-def insert_mail(conn: psycopg.Connection, tenant_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
-    mail_id = uuid.uuid4()
-    conn.execute(
-        QUERIES["accept_mail"],
-        {
-            "mail_id": mail_id,
-            "tenant_id": tenant_id,
-            "stream": "transactional",
-            "request": Jsonb(stored_request(**overrides)),
-            "queue": "transactional",
-            "event_detail": Jsonb({}),
-        },
+def insert_mail(
+    conn: psycopg.Connection,
+    tenant_id: uuid.UUID,
+    *,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    stream: str = "transactional",
+    **overrides: Any,
+) -> uuid.UUID:
+    """One mail through the API's own ingest statement."""
+    mail = NewMail(
+        stored_request(**overrides), stream=stream, send_at=send_at, expires_at=expires_at
     )
-    return mail_id
+    IngestTransaction(conn, tenant_id, "test", None).add_mails([mail])  # type: ignore[arg-type]
+    return mail.id
 
 
 def status_of(conn: psycopg.Connection, mail_id: uuid.UUID) -> str:

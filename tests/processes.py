@@ -43,6 +43,12 @@ class Child:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
+    def kill_group(self) -> None:
+        """SIGKILL to this process and its children (a Celery worker's pool), by its
+        process group, which the test created for it (start_new_session)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
 
 @dataclass
 class Processes:
@@ -77,11 +83,14 @@ class Processes:
         wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200, 30, child)
         return child
 
-    def relay(self) -> Child:
-        return self.start("relay", str(BIN / "outbox-relay"), "run")
+    def relay(self, extra_env: dict[str, str] | None = None) -> Child:
+        return self.start("relay", str(BIN / "outbox-relay"), "run", extra_env=extra_env)
 
     def worker(self, concurrency: int = 1) -> Child:
         return self.start("worker", str(BIN / "mail-worker"), "run", f"--concurrency={concurrency}")
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
 
     def stop_all(self) -> None:
         for child in reversed(self.children):

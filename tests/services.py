@@ -114,3 +114,28 @@ def delete_redis_keys(url: str, prefix: str) -> None:
             client.delete(*batch)
     finally:
         client.close()
+
+
+def rabbitmq_base_url() -> str | None:
+    """amqp://user:pass@host:port/ of a RabbitMQ this machine can add vhosts to, if any."""
+    return os.environ.get("MAILROOM_TEST_RABBITMQ_URL")
+
+
+def create_vhost() -> str:
+    """A vhost of our own (RabbitMQ is shared with other runs); returns its name."""
+    import subprocess  # noqa: PLC0415
+
+    name = unique_name("mailroom-test")
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=60,
+    )
+    return name
+
+
+def delete_vhost(name: str) -> None:
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False, timeout=60)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -24,24 +23,6 @@ MAIL = {
     "text": "Hi Bob",
     "html": "<p>Hi Bob</p>",
 }
-
-
-def make_app(settings: Settings) -> Flask:
-    app = create_app({"MAILROOM_SETTINGS": settings, "TESTING": True})
-    app.extensions["mailroom.pool"].wait(timeout=10)
-    return app
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    app = make_app(settings)
-    yield app
-    app.extensions["mailroom.pool"].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def auth(tenant: TenantKey) -> dict[str, str]:

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from kombu import Connection
 
-from outbox_relay.dispatch import dispatch_round
+from outbox_relay.dispatch import DispatchPolicy, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
@@ -33,7 +33,7 @@ def drain_queue(settings: Settings, name: str = "transactional") -> list[tuple[d
     options = broker_transport_options(settings.broker_url, settings.broker_key_prefix)
     messages = []
     with Connection(settings.broker_url, transport_options=options) as conn:
-        queue = conn.SimpleQueue(kombu_queue(name))
+        queue = conn.SimpleQueue(kombu_queue(name, settings.broker_url, settings.queue_prefix))
         while True:
             try:
                 message = queue.get(timeout=0.5)
@@ -48,7 +48,7 @@ def drain_queue(settings: Settings, name: str = "transactional") -> list[tuple[d
 def round_(
     db: psycopg.Connection, publisher: Publisher, visibility: float = 60.0, batch: int = 100
 ):
-    return dispatch_round(db, publisher, batch_size=batch, visibility_timeout=visibility)
+    return dispatch_round(db, publisher, DispatchPolicy(batch, visibility))
 
 
 def test_round_publishes_celery_messages_and_records_them(
@@ -81,13 +81,53 @@ def test_rows_no_worker_picked_up_are_published_again_after_the_lease(
 ) -> None:
     mail_id = insert_mail(db, tenant.tenant_id)
     round_(db, publisher, visibility=0)
-    assert round_(db, publisher, visibility=0).published == 1
+    second = round_(db, publisher, visibility=0)
+    assert (second.published, second.redispatched) == (1, 1)
     assert len(drain_queue(settings)) == 2
     assert status_of(db, mail_id) == "queued"
+    assert event_kinds(db, mail_id) == ["accepted", "queued", "redispatched"]
     details = db.execute(
-        "SELECT detail->>'dispatch' FROM mail_events WHERE kind = 'queued' ORDER BY id"
+        "SELECT detail->>'dispatch' FROM mail_events WHERE kind IN ('queued', 'redispatched')"
+        " ORDER BY id"
     ).fetchall()
     assert details == [("1",), ("2",)]
+
+
+def test_leases_double_with_each_dispatch(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher
+) -> None:
+    insert_mail(db, tenant.tenant_id)
+    leases = []
+    for _ in range(3):
+        round_(db, publisher, visibility=10)
+        lease = db.execute("SELECT available_at - now() FROM outbox").fetchone()
+        assert lease is not None
+        leases.append(round(lease[0].total_seconds()))
+        db.execute("UPDATE outbox SET available_at = now()")
+    assert leases == [10, 20, 40]
+
+
+def test_a_mail_no_worker_ever_picks_up_becomes_dead_with_the_reason(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    policy = DispatchPolicy(batch_size=10, visibility_timeout=0, max_dispatches=2)
+    results = [dispatch_round(db, publisher, policy) for _ in range(3)]
+    assert [(r.published, r.dead) for r in results] == [(1, 0), (1, 0), (0, 1)]
+    row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
+    assert row == ("dead", "no worker picked it up after 2 dispatches")
+    assert event_kinds(db, mail_id) == ["accepted", "queued", "redispatched", "dead"]
+    assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def test_a_mail_older_than_the_maximum_age_becomes_dead(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    db.execute("UPDATE mails SET created_at = now() - interval '2 days'")
+    result = dispatch_round(db, publisher, DispatchPolicy(10, 60, max_age=86400))
+    assert (result.published, result.dead) == (0, 1)
+    assert status_of(db, mail_id) == "dead"
 
 
 def test_broker_down_leaves_rows_due_and_unmarked(
@@ -119,8 +159,9 @@ def test_concurrent_claims_never_share_a_row(
         first.transaction(),
         second.transaction(),
     ):
-        claimed_first = first.execute(claim, {"batch_size": 6}).fetchall()
-        claimed_second = second.execute(claim, {"batch_size": 6}).fetchall()
+        params = {"batch_size": 6, "queue": "transactional", "max_dispatches": 8, "max_age": 86400}
+        claimed_first = first.execute(claim, params).fetchall()
+        claimed_second = second.execute(claim, params).fetchall()
     ids_first = {row[0] for row in claimed_first}
     ids_second = {row[0] for row in claimed_second}
     assert len(ids_first) == 6
@@ -152,3 +193,16 @@ def test_relay_loop_publishes_on_notify_and_stops_on_request(
         thread.join(40)
     assert not thread.is_alive()
     assert uuid.UUID(drain_queue(settings)[0][1][0][0]) == mail_id
+
+
+def test_a_campaign_burst_does_not_delay_transactional_mail(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher, settings: Settings
+) -> None:
+    campaign = [insert_mail(db, tenant.tenant_id, stream="campaign") for _ in range(30)]
+    urgent = insert_mail(db, tenant.tenant_id)  # the newest row of all
+    result = round_(db, publisher, batch=10)
+    assert result.published == 10
+    assert status_of(db, urgent) == "queued"
+    assert sum(status_of(db, mail_id) == "queued" for mail_id in campaign) == 9
+    assert [body[0][0] for _, body in drain_queue(settings)] == [str(urgent)]
+    assert len(drain_queue(settings, "campaign")) == 9

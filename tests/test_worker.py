@@ -180,3 +180,32 @@ def test_unreachable_smtp_server_is_recorded_not_lost(
     assert run(pool, client, mail_id) == "failed"
     row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
     assert row is not None and row[0] == "failed" and "Connection" in row[1]
+
+
+def test_attachments_and_inline_images_are_built_into_mixed_and_related_parts() -> None:
+    import base64  # noqa: PLC0415
+
+    logo = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    request = stored_request(
+        html='<p><img src="cid:logo@mail"></p>',
+        attachments=[
+            {"filename": "report.pdf", "content": base64.b64encode(b"%PDF-1.4").decode(),
+             "content_type": "application/pdf", "content_id": None},
+            {"filename": "logo.png", "content": base64.b64encode(logo).decode(),
+             "content_type": "image/png", "content_id": "logo@mail"},
+        ],
+    )  # fmt: skip
+    parsed = message_from_bytes(
+        compose(uuid.uuid4(), request, DOMAIN).as_bytes(), policy=policy.default
+    )
+    assert parsed.get_content_type() == "multipart/mixed"
+    attachments = list(parsed.iter_attachments())
+    assert [(a.get_filename(), a.get_content()) for a in attachments] == [
+        ("report.pdf", b"%PDF-1.4")
+    ]
+    html = parsed.get_body(("html",))
+    assert html is not None
+    related = next(part for part in parsed.walk() if part.get_content_type() == "multipart/related")
+    image = next(part for part in related.walk() if part.get_content_type() == "image/png")
+    assert image["Content-ID"] == "<logo@mail>"
+    assert image.get_content() == logo

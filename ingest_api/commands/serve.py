@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import click
 
 from shared.cli_support import settings_or_exit
+
+# prometheus_client's multiprocess mode; see ingest_api/metrics.py. A folder that
+# serve made is removed by gunicorn_conf.on_exit when gunicorn stops.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+OWNED_METRICS_DIR_VARIABLE = "INGEST_API_OWNED_METRICS_DIR"
 
 
 @click.command("serve")
@@ -16,6 +22,12 @@ from shared.cli_support import settings_or_exit
 def serve(bind: str, workers: int) -> None:
     """Serve the ingest API with gunicorn (this process becomes gunicorn)."""
     settings_or_exit("ingest-api", ["database_url"])  # fail here, in one line, not per worker
+    if os.environ.get(METRICS_DIR_VARIABLE):  # the operator's folder: used, never removed
+        os.makedirs(os.environ[METRICS_DIR_VARIABLE], exist_ok=True)
+        os.environ.pop(OWNED_METRICS_DIR_VARIABLE, None)
+    else:  # a fresh folder per start, so counters begin at zero with the new master
+        folder = tempfile.mkdtemp(prefix="mailroom-metrics-")
+        os.environ[METRICS_DIR_VARIABLE] = os.environ[OWNED_METRICS_DIR_VARIABLE] = folder
     argv = [
         sys.executable, "-m", "gunicorn",
         "--config", "python:ingest_api.gunicorn_conf",

@@ -9,7 +9,7 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ingest_api.auth import current_tenant
+from ingest_api.auth import require_scope
 from ingest_api.errors import refuse
 from ingest_api.schemas.mail import MailStatusSchema
 from shared.queries import QUERIES
@@ -22,7 +22,7 @@ class GetMail(MethodView):
     @blp.response(200, MailStatusSchema)
     def get(self, mail_id: str) -> dict[str, Any]:
         """A mail of this tenant, with its events; any other id is a 404."""
-        tenant = current_tenant()
+        tenant = require_scope("read")
         try:
             wanted = uuid.UUID(mail_id)
         except ValueError:

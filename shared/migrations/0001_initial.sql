@@ -45,7 +45,8 @@ CREATE TABLE outbox (
     dispatch_count  integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX outbox_available_at_idx ON outbox (available_at);
+-- The relay claims per queue, so a burst on one stream never delays another.
+CREATE INDEX outbox_queue_available_at_idx ON outbox (queue, available_at);
 
 -- Append-only history of each mail.
 CREATE TABLE mail_events (

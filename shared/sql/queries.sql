@@ -1,24 +1,47 @@
 -- Every query the services run, as named blocks. A block starts with a line
 -- "-- name: <name>" followed by one line describing it; shared.queries loads them.
 
--- name: accept_mail
--- The ingest transaction: the mail, its outbox row and its first event, in one statement.
-WITH mail AS (
-    INSERT INTO mails (id, tenant_id, stream, request, status)
-    VALUES (%(mail_id)s, %(tenant_id)s, %(stream)s, %(request)s, 'accepted')
+-- name: accept_mails
+-- The ingest statement: N mails, their outbox rows and first events, in one statement.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::uuid[], %(streams)s::text[], %(queues)s::text[], %(sources)s::text[],
+        %(statuses)s::text[], %(requests)s::jsonb[], %(send_ats)s::timestamptz[],
+        %(expires_ats)s::timestamptz[], %(tags)s::jsonb[], %(metadata)s::jsonb[],
+        %(campaign_keys)s::text[]
+    ) AS t(id, stream, queue, source, status, request, send_at, expires_at, tags, metadata,
+           campaign_key)
+), mail AS (
+    INSERT INTO mails (id, tenant_id, stream, source, status, request, send_at, expires_at,
+                       tags, metadata, campaign_key)
+    SELECT id, %(tenant_id)s, stream, source, status, request, send_at, expires_at,
+           ARRAY(SELECT jsonb_array_elements_text(tags)), metadata, campaign_key
+    FROM input
     RETURNING id
-), outbox_row AS (
-    INSERT INTO outbox (mail_id, queue)
-    SELECT id, %(queue)s FROM mail
+), outbox_rows AS (
+    INSERT INTO outbox (mail_id, queue, available_at)
+    SELECT id, queue, COALESCE(send_at, now()) FROM input
 )
 INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'accepted', %(event_detail)s FROM mail;
+SELECT id, status, %(event_detail)s FROM input;
 
--- name: find_tenant_by_key_hash
--- The tenant an unrevoked API key belongs to.
-SELECT t.id, t.name, t.sender_domains
-FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL;
+-- name: claim_idempotency_key
+-- First statement of an ingest transaction that carries an Idempotency-Key; waits for a concurrent holder.
+INSERT INTO idempotency_keys (tenant_id, key, request_hash, status_code, response)
+VALUES (%(tenant_id)s, %(key)s, %(request_hash)s, 0, 'null'::jsonb)
+ON CONFLICT (tenant_id, key) DO NOTHING
+RETURNING key;
+
+-- name: find_idempotency_key
+-- The stored answer for a key already used.
+SELECT request_hash, status_code, response
+FROM idempotency_keys WHERE tenant_id = %(tenant_id)s AND key = %(key)s;
+
+-- name: store_idempotent_response
+-- The answer a retry with the same key will get.
+UPDATE idempotency_keys SET status_code = %(status_code)s, response = %(response)s
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s;
 
 -- name: insert_tenant
 -- A new tenant with the domains it may send from.
@@ -30,15 +53,46 @@ RETURNING id;
 -- A tenant by its unique name.
 SELECT id, name, sender_domains FROM tenants WHERE name = %(name)s;
 
--- name: insert_api_key
--- A new key, stored as its digest.
-INSERT INTO api_keys (id, tenant_id, key_prefix, key_hash)
-VALUES (%(id)s, %(tenant_id)s, %(key_prefix)s, %(key_hash)s);
-
 -- name: get_mail_for_tenant
 -- A mail as its tenant sees it.
-SELECT id, status, stream, created_at, updated_at
+SELECT id, status, stream, source, tags, metadata, send_at, expires_at, campaign_key,
+       attempts, last_error, created_at, updated_at
 FROM mails WHERE id = %(mail_id)s AND tenant_id = %(tenant_id)s;
+
+-- name: list_mails_for_tenant
+-- A page of a tenant's mails, newest first, after a (created_at, id) cursor.
+SELECT id, status, stream, source, tags, metadata, send_at, expires_at, campaign_key,
+       attempts, last_error, created_at, updated_at
+FROM mails
+WHERE tenant_id = %(tenant_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+  AND (%(cursor_created_at)s::timestamptz IS NULL
+       OR (created_at, id) < (%(cursor_created_at)s, %(cursor_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: lock_mail_outbox_row
+-- Before changing a mail that may still be in the outbox, take the outbox row first (lock order).
+SELECT o.id FROM outbox o JOIN mails m ON m.id = o.mail_id
+WHERE o.mail_id = %(mail_id)s AND m.tenant_id = %(tenant_id)s
+FOR UPDATE OF o;
+
+-- name: cancel_mail
+-- Cancel a mail whose sending has not begun; its outbox row goes with it.
+WITH cancelled AS (
+    UPDATE mails SET status = 'cancelled', updated_at = now()
+    WHERE id = %(mail_id)s AND tenant_id = %(tenant_id)s AND status = ANY(%(from_statuses)s)
+    RETURNING id
+), removed AS (
+    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM cancelled)
+), event AS (
+    INSERT INTO mail_events (mail_id, kind, detail)
+    SELECT id, 'cancelled', %(detail)s FROM cancelled
+)
+SELECT id FROM cancelled;
 
 -- name: list_mail_events
 -- A mail's history, oldest first.
@@ -46,30 +100,72 @@ SELECT kind, detail, created_at FROM mail_events
 WHERE mail_id = %(mail_id)s ORDER BY id;
 
 -- name: claim_due_outbox
--- The claim query: due rows, oldest first, skipping rows another relay holds.
-SELECT id, mail_id, queue, dispatch_count
-FROM outbox
-WHERE available_at <= now()
-ORDER BY available_at
+-- The claim query: due rows of one queue, oldest first, skipping rows other relays hold;
+-- flags mails past expires_at and rows out of dispatch attempts or age.
+SELECT o.id, o.mail_id, o.queue, o.dispatch_count,
+       (m.expires_at IS NOT NULL AND m.expires_at <= now()) AS expired,
+       CASE
+           WHEN o.dispatch_count >= %(max_dispatches)s
+               THEN 'no worker picked it up after ' || o.dispatch_count || ' dispatches'
+           WHEN COALESCE(m.send_at, m.created_at) < now() - make_interval(secs => %(max_age)s)
+               THEN 'not picked up within ' || %(max_age)s || ' seconds'
+       END AS dead_reason
+FROM outbox o JOIN mails m ON m.id = o.mail_id
+WHERE o.queue = %(queue)s AND o.available_at <= now()
+ORDER BY o.available_at
 LIMIT %(batch_size)s
-FOR UPDATE SKIP LOCKED;
+FOR UPDATE OF o SKIP LOCKED;
+
+-- name: bury_mails
+-- Mails the relay gives up on become 'dead' with the reason; replayable, never dropped.
+WITH input AS (
+    SELECT * FROM unnest(%(mail_ids)s::uuid[], %(reasons)s::text[]) AS t(id, reason)
+), dead AS (
+    UPDATE mails SET status = 'dead', last_error = input.reason, updated_at = now()
+    FROM input
+    WHERE mails.id = input.id AND mails.status = ANY(%(from_statuses)s)
+    RETURNING mails.id, input.reason
+), removed AS (
+    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM dead)
+)
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'dead', jsonb_build_object('reason', reason) FROM dead;
+
+-- name: expire_mails
+-- Mails past expires_at leave the outbox as 'expired' instead of being sent late.
+WITH expired AS (
+    UPDATE mails SET status = 'expired', updated_at = now()
+    WHERE id = ANY(%(mail_ids)s) AND status = ANY(%(from_statuses)s)
+      AND expires_at <= now()
+    RETURNING id, expires_at
+), removed AS (
+    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM expired)
+)
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'expired', jsonb_build_object('expires_at', expires_at, 'by', %(by)s::text)
+FROM expired;
 
 -- name: record_published
--- After publishing: lease the rows (due again only if no worker picks them up in
--- time), move fresh mails to 'queued' and record a 'queued' event per publish.
+-- After publishing: lease the rows with exponential backoff (due again only if no
+-- worker picks them up in time), move fresh mails to 'queued', and record each
+-- publish as 'queued' (the first) or 'redispatched'.
 WITH leased AS (
     UPDATE outbox
-    SET available_at = now() + make_interval(secs => %(visibility_timeout)s),
+    SET available_at = now() + make_interval(
+            secs => LEAST(%(visibility_timeout)s * power(2, dispatch_count), %(max_lease)s)),
         dispatch_count = dispatch_count + 1
     WHERE id = ANY(%(outbox_ids)s)
-    RETURNING mail_id, dispatch_count
+    RETURNING mail_id, dispatch_count, available_at
 ), queued AS (
     UPDATE mails SET status = 'queued', updated_at = now()
     FROM leased
-    WHERE mails.id = leased.mail_id AND mails.status = 'accepted'
+    WHERE mails.id = leased.mail_id AND mails.status IN ('accepted', 'scheduled')
 )
 INSERT INTO mail_events (mail_id, kind, detail)
-SELECT mail_id, 'queued', jsonb_build_object('dispatch', dispatch_count) FROM leased;
+SELECT mail_id,
+       CASE WHEN dispatch_count = 1 THEN 'queued' ELSE 'redispatched' END,
+       jsonb_build_object('dispatch', dispatch_count, 'next_check', available_at)
+FROM leased;
 
 -- name: begin_sending
 -- The compare-and-set that makes a duplicate delivery a no-op. When it wins it
@@ -79,6 +175,7 @@ WITH picked AS (
     UPDATE mails
     SET status = 'sending', attempts = attempts + 1, updated_at = now()
     WHERE id = %(mail_id)s AND status = ANY(%(from_statuses)s)
+      AND (expires_at IS NULL OR expires_at > now())
     RETURNING id, tenant_id, stream, request, attempts
 ), acknowledged AS (
     DELETE FROM outbox WHERE mail_id IN (SELECT id FROM picked)
@@ -111,3 +208,222 @@ INSERT INTO schema_migrations (version) VALUES (%(version)s);
 -- name: lock_outbox_row
 -- Wait for a relay that is still committing this mail's publish (lock order: outbox, then mails).
 SELECT id FROM outbox WHERE mail_id = %(mail_id)s FOR UPDATE;
+
+-- ===== auth and rate limits =====
+
+-- name: find_api_key_by_hash
+-- An unrevoked API key with its scopes and its tenant.
+SELECT k.id AS key_id, k.scopes, t.id, t.name, t.sender_domains
+FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL;
+
+-- name: insert_api_key_with_scopes
+-- A new key, stored as its digest, with what it may do.
+INSERT INTO api_keys (id, tenant_id, key_prefix, key_hash, scopes)
+VALUES (%(id)s, %(tenant_id)s, %(key_prefix)s, %(key_hash)s, %(scopes)s);
+
+-- name: find_api_keys_to_revoke
+-- The keys a revoke-key argument names: the one with this digest, or all with this display prefix.
+SELECT k.id, k.key_prefix, k.created_at, k.revoked_at, t.name AS tenant
+FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+WHERE k.key_hash = %(key_hash)s OR k.key_prefix = %(key_prefix)s
+ORDER BY k.created_at;
+
+-- name: revoke_api_key
+-- Revoke one key; a key already revoked keeps its first revoked_at.
+UPDATE api_keys SET revoked_at = now()
+WHERE id = %(id)s AND revoked_at IS NULL
+RETURNING revoked_at;
+
+-- name: list_api_keys_of_tenant
+-- A tenant's keys, oldest first, as listings may show them (never the digest).
+SELECT k.key_prefix, k.scopes, k.created_at, k.revoked_at
+FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+WHERE t.name = %(tenant)s
+ORDER BY k.created_at, k.id;
+
+-- ===== relay: canaries, health and recovery =====
+
+-- name: insert_canary
+-- A canary about to be published to one queue.
+INSERT INTO canaries (id, queue, relay) VALUES (%(id)s, %(queue)s, %(relay)s);
+
+-- name: mark_canaries_published
+-- The broker took these canaries.
+UPDATE canaries SET published_at = now() WHERE id = ANY(%(ids)s);
+
+-- name: record_canary_received
+-- A worker received a canary: the round trip through the broker is complete.
+UPDATE canaries SET received_at = now(), worker = %(worker)s
+WHERE id = %(id)s AND received_at IS NULL;
+
+-- name: canary_health
+-- Per queue: the last completed round trip, and the oldest canary still travelling.
+SELECT q.queue,
+       (SELECT max(received_at) FROM canaries c WHERE c.queue = q.queue) AS last_received,
+       (SELECT min(published_at) FROM canaries c
+        WHERE c.queue = q.queue AND c.received_at IS NULL AND c.published_at IS NOT NULL)
+           AS oldest_pending,
+       now() AS now
+FROM unnest(%(queues)s::text[]) AS q(queue);
+
+-- name: canary_received
+-- Whether one canary has completed its round trip.
+SELECT received_at, worker FROM canaries WHERE id = %(id)s;
+
+-- name: prune_canaries
+-- Canaries older than an hour, except each queue's last completed one.
+DELETE FROM canaries c
+WHERE c.created_at < now() - interval '1 hour'
+  AND EXISTS (SELECT 1 FROM canaries n
+              WHERE n.queue = c.queue AND n.received_at > COALESCE(c.received_at, '-infinity'));
+
+-- name: outbox_stats
+-- For metrics and status: backlog, oldest undispatched and oldest in-flight row ages (seconds).
+SELECT count(*) FILTER (WHERE available_at <= now()) AS due,
+       count(*) AS total,
+       count(*) FILTER (WHERE dispatch_count > 0) AS in_flight,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(available_at)
+                FILTER (WHERE dispatch_count = 0 AND available_at <= now())), 0) AS oldest_undispatched,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)
+                FILTER (WHERE dispatch_count > 0)), 0) AS oldest_in_flight
+FROM outbox;
+
+-- name: record_unroutable
+-- RabbitMQ returned a mail's message through the alternate exchange: keep it visible.
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'unroutable', jsonb_build_object('routing_key', %(routing_key)s::text)
+FROM mails WHERE id = %(mail_id)s;
+
+-- name: count_mails_by_stream_and_status
+-- For status: how many mails are in each state, per stream.
+SELECT stream, status, count(*) AS mails FROM mails GROUP BY stream, status ORDER BY stream, status;
+
+-- name: recover_abandoned_sends
+-- Mails a worker picked up but recorded no outcome for within the sending timeout
+-- (longer than the task's hard time limit, so that worker is gone): back to the outbox.
+WITH abandoned AS (
+    UPDATE mails
+    SET status = 'retrying', updated_at = now(),
+        last_error = 'no outcome recorded within the sending timeout: the worker was lost'
+    WHERE status = 'sending'
+      AND updated_at < now() - make_interval(secs => %(sending_timeout)s)
+    RETURNING id, stream
+), requeued AS (
+    -- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+    INSERT INTO outbox (mail_id, queue)
+    SELECT id, stream FROM abandoned
+    ON CONFLICT (mail_id) DO NOTHING
+)
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'retrying', jsonb_build_object('reason', 'worker lost while sending')
+FROM abandoned;
+
+-- name: release_leases
+-- After a broken link is repaired: publish every in-flight row now, not after its backoff.
+UPDATE outbox SET available_at = now()
+WHERE dispatch_count > 0 AND available_at > now();
+
+-- ===== campaigns, workflows and CDP events =====
+
+-- name: insert_campaign
+-- A new campaign; nothing (no row) when the tenant already has one with this key.
+INSERT INTO campaigns (tenant_id, key, from_template, subject_template, text_template,
+                       html_template, reply_to, headers, tags)
+VALUES (%(tenant_id)s, %(key)s, %(from)s, %(subject)s, %(text)s, %(html)s, %(reply_to)s,
+        %(headers)s, %(tags)s)
+ON CONFLICT (tenant_id, key) DO NOTHING
+RETURNING key, from_template AS "from", subject_template AS subject, text_template AS text,
+          html_template AS html, reply_to, headers, tags, created_at, updated_at;
+
+-- name: list_campaigns_for_tenant
+-- A tenant's campaigns, by key.
+SELECT key, from_template AS "from", subject_template AS subject, text_template AS text,
+       html_template AS html, reply_to, headers, tags, created_at, updated_at
+FROM campaigns WHERE tenant_id = %(tenant_id)s ORDER BY key;
+
+-- name: get_campaign_for_tenant
+-- One campaign of a tenant, by key, with its templates under the API's field names.
+SELECT key, from_template AS "from", subject_template AS subject, text_template AS text,
+       html_template AS html, reply_to, headers, tags, created_at, updated_at
+FROM campaigns WHERE tenant_id = %(tenant_id)s AND key = %(key)s;
+
+-- name: update_campaign
+-- Replace a campaign's templates; mails already accepted keep their rendered content.
+UPDATE campaigns
+SET from_template = %(from)s, subject_template = %(subject)s, text_template = %(text)s,
+    html_template = %(html)s, reply_to = %(reply_to)s, headers = %(headers)s,
+    tags = %(tags)s, updated_at = now()
+WHERE tenant_id = %(tenant_id)s AND key = %(key)s
+RETURNING key, from_template AS "from", subject_template AS subject, text_template AS text,
+          html_template AS html, reply_to, headers, tags, created_at, updated_at;
+
+-- name: delete_campaign
+-- Delete a campaign; the workflows' foreign key refuses it while a workflow uses it.
+DELETE FROM campaigns WHERE tenant_id = %(tenant_id)s AND key = %(key)s RETURNING key;
+
+-- name: find_campaign_workflows
+-- The workflows that use a campaign (why it cannot be deleted).
+SELECT id, event_name AS event FROM workflows
+WHERE tenant_id = %(tenant_id)s AND campaign_key = %(key)s
+ORDER BY created_at, id;
+
+-- name: insert_workflow
+-- A new workflow, only if the tenant has the campaign it names (no row otherwise).
+INSERT INTO workflows (id, tenant_id, event_name, property_filters, campaign_key)
+SELECT %(id)s, tenant_id, %(event)s, %(property_filters)s, key
+FROM campaigns WHERE tenant_id = %(tenant_id)s AND key = %(campaign)s
+RETURNING id, event_name AS event, property_filters, campaign_key AS campaign, created_at;
+
+-- name: list_workflows_for_tenant
+-- A tenant's workflows, oldest first.
+SELECT id, event_name AS event, property_filters, campaign_key AS campaign, created_at
+FROM workflows WHERE tenant_id = %(tenant_id)s ORDER BY created_at, id;
+
+-- name: delete_workflow
+-- Delete one workflow of a tenant.
+DELETE FROM workflows WHERE id = %(id)s AND tenant_id = %(tenant_id)s RETURNING id;
+
+-- name: find_tenant_webhook_secret
+-- The tenant a signed request names, with the secret its signature must be made with.
+SELECT id, name, sender_domains, webhook_secret FROM tenants WHERE id = %(tenant_id)s;
+
+-- name: set_webhook_secret
+-- A new webhook secret for a tenant, by name; the previous one stops working at once.
+UPDATE tenants SET webhook_secret = %(secret)s WHERE name = %(name)s RETURNING id;
+
+-- name: claim_cdp_event
+-- First statement of a CDP event's transaction: no row when this messageId was received before
+-- (waits for a concurrent delivery of the same messageId to commit or roll back).
+INSERT INTO cdp_events (id, tenant_id, message_id, event_name, payload, response)
+VALUES (%(id)s, %(tenant_id)s, %(message_id)s, %(event_name)s, %(payload)s, 'null'::jsonb)
+ON CONFLICT (tenant_id, message_id) DO NOTHING
+RETURNING id;
+
+-- name: find_cdp_event_response
+-- What a messageId received before was answered.
+SELECT response FROM cdp_events
+WHERE tenant_id = %(tenant_id)s AND message_id = %(message_id)s;
+
+-- name: match_workflows
+-- The workflows an event triggers (name, and property filters contained in its properties),
+-- with their campaigns' templates.
+SELECT w.id AS workflow_id, c.key, c.from_template AS "from", c.subject_template AS subject,
+       c.text_template AS text, c.html_template AS html, c.reply_to, c.headers, c.tags
+FROM workflows w JOIN campaigns c ON c.tenant_id = w.tenant_id AND c.key = w.campaign_key
+WHERE w.tenant_id = %(tenant_id)s AND w.event_name = %(event_name)s
+  AND w.property_filters <@ %(properties)s
+ORDER BY w.created_at, w.id;
+
+-- name: record_cdp_event_result
+-- The mails an event created and the answer, in the transaction that created them.
+UPDATE cdp_events SET mail_ids = %(mail_ids)s, response = %(response)s WHERE id = %(id)s;
+
+-- name: list_cdp_events_for_tenant
+-- A tenant's received CDP events, newest first.
+SELECT id, message_id, event_name AS event, payload, mail_ids, response, received_at
+FROM cdp_events
+WHERE tenant_id = %(tenant_id)s
+  AND (%(message_id)s::text IS NULL OR message_id = %(message_id)s)
+ORDER BY received_at DESC, id DESC
+LIMIT %(limit)s;

@@ -1,0 +1,144 @@
+"""Preflight: is everything between the outbox and a worker in place?
+
+Each check returns one line; ``outbox-relay check`` exits 0 only when all pass,
+so a deploy pipeline can gate on it, and a relay runs the same checks (but the
+canary) at start and logs each failure.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+from celery import Celery
+
+from outbox_relay.canary import send_canaries
+from outbox_relay.publish import Publisher
+from shared.config import Settings
+from shared.db import connect
+from shared.migrate import pending_migrations
+from shared.queries import QUERIES
+from shared.queues import (
+    QUEUE_PRIORITY,
+    broker_queue_name,
+    broker_transport_options,
+    is_amqp,
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def check_database(settings: Settings) -> CheckResult:
+    try:
+        with connect(settings.database_url, timeout=settings.db_connect_timeout) as conn:
+            pending = pending_migrations(conn)
+    except psycopg.Error as exc:
+        return CheckResult("database", False, f"unreachable: {exc}".strip())
+    if pending:
+        return CheckResult("database", False, f"not migrated: pending {', '.join(pending)}")
+    return CheckResult("database", True, "reachable and migrated")
+
+
+def check_broker(publisher: Publisher) -> CheckResult:
+    try:
+        publisher.connection()
+    except Exception as exc:  # whatever the transport raises means unreachable
+        publisher.close()
+        return CheckResult("broker", False, f"unreachable: {type(exc).__name__}: {exc}")
+    return CheckResult("broker", True, "reachable")
+
+
+def _amqp_consumers(publisher: Publisher, names: list[str]) -> dict[str, int | None]:
+    consumers: dict[str, int | None] = {}
+    for name in names:
+        channel = publisher.connection().channel()
+        try:
+            _, _, count = channel.queue_declare(queue=name, passive=True)
+            consumers[name] = count
+        except Exception:  # NOT_FOUND closes the channel: the queue does not exist
+            consumers[name] = None
+        finally:
+            channel.close()
+    return consumers
+
+
+def _redis_consumers(settings: Settings, names: list[str], timeout: float) -> dict[str, int | None]:
+    """Redis has no consumer count: ask the workers (Celery remote control) what they read."""
+    app = Celery("mailroom-preflight", broker=settings.broker_url)
+    app.conf.broker_transport_options = broker_transport_options(
+        settings.broker_url, settings.broker_key_prefix
+    )
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    counts: dict[str, int | None] = dict.fromkeys(names)
+    for queues in replies.values():
+        for queue in queues:
+            if queue["name"] in counts:
+                counts[queue["name"]] = (counts[queue["name"]] or 0) + 1
+    return counts
+
+
+def check_consumers(settings: Settings, publisher: Publisher, timeout: float) -> list[CheckResult]:
+    names = [broker_queue_name(queue, settings.queue_prefix) for queue in QUEUE_PRIORITY]
+    try:
+        if is_amqp(settings.broker_url):
+            counts = _amqp_consumers(publisher, names)
+        else:
+            counts = _redis_consumers(settings, names, timeout)
+    except Exception as exc:  # the broker failed mid-check
+        return [CheckResult("queues", False, f"cannot inspect: {type(exc).__name__}: {exc}")]
+    results = []
+    for name, count in counts.items():
+        if count is None:
+            results.append(CheckResult(f"queue {name}", False, "no worker consumes it"))
+        elif count == 0:
+            results.append(CheckResult(f"queue {name}", False, "exists but has no consumer"))
+        else:
+            results.append(CheckResult(f"queue {name}", True, f"{count} consumer(s)"))
+    return results
+
+
+def check_canary(settings: Settings, publisher: Publisher, timeout: float) -> CheckResult:
+    started = time.monotonic()
+    try:
+        with connect(settings.database_url, timeout=settings.db_connect_timeout) as conn:
+            ids = send_canaries(conn, publisher, "preflight")
+            pending = set(ids)
+            while pending and time.monotonic() - started < timeout:
+                pending = {i for i in pending if not _received(conn, i)}
+                if pending:
+                    time.sleep(0.1)
+    except Exception as exc:  # database or broker failure: the round trip did not happen
+        return CheckResult("canary", False, f"{type(exc).__name__}: {exc}")
+    if pending:
+        return CheckResult("canary", False, f"no round trip within {timeout:.0f} s")
+    return CheckResult("canary", True, f"round trip in {time.monotonic() - started:.2f} s")
+
+
+def _received(conn: psycopg.Connection, canary_id: uuid.UUID) -> bool:
+    row = conn.execute(QUERIES["canary_received"], {"id": canary_id}).fetchone()
+    return row is not None and row[0] is not None
+
+
+def run_checks(
+    settings: Settings, *, canary: bool = True, timeout: float = 10.0
+) -> list[CheckResult]:
+    publisher = Publisher(settings)
+    try:
+        results = [check_database(settings), broker := check_broker(publisher)]
+        if broker.ok:
+            results += check_consumers(settings, publisher, timeout=min(timeout, 2.0))
+        if canary and all(r.ok for r in results):
+            results.append(check_canary(settings, publisher, timeout))
+        return results
+    finally:
+        publisher.close()
