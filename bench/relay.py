@@ -109,7 +109,7 @@ WARMUP_MAILS = 10
 PY_SPY_CANDIDATES = ("/tmp/pyspy/bin/py-spy",)  # where `pip install --target` puts it
 
 CLAIM_DELETE_SQL: dict[str, LiteralString] = {
-    # The statement as the brief gives it: no predicate, ORDER BY available_at.
+    # The statement as specified for this baseline: no predicate, ORDER BY available_at.
     "as given": "WITH c AS (SELECT id FROM outbox ORDER BY available_at LIMIT {limit} "
     "FOR UPDATE SKIP LOCKED) DELETE FROM outbox USING c WHERE outbox.id = c.id",
     # The relay's predicate, which the (queue, available_at) index serves in order.

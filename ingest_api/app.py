@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_smorest import Api
 
-from ingest_api import auth, metrics
+from ingest_api import auth, metrics, openapi
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
 from ingest_api.endpoints import (
     CAMPAIGN_ENDPOINTS,
@@ -51,11 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the API. ``config`` may carry ``MAILROOM_SETTINGS`` (a Settings)."""
     app = Flask(__name__)
     app.config.update(
-        API_TITLE="mailroom",
-        API_VERSION="v1",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
+        **openapi.SETTINGS,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         JSON_SORT_KEYS=False,
     )
@@ -74,7 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app)  # first, so the latency includes authentication
     auth.init_app(app, settings)  # every /v1 request: API key, then rate limit
 
-    api = Api(app)
+    api = openapi.create_api(app)
     for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
         api.register_blueprint(endpoint.blp)
     app.register_blueprint(health.blp)

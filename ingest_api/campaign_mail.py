@@ -110,30 +110,6 @@ def campaign_mail(
         raise ValidationError(_recipient_errors(exc)) from None
 
 
-def unstorable(value: Any) -> str | None:
-    """Why *value* (parsed JSON) cannot be stored in a jsonb column, or None.
-
-    PostgreSQL refuses NUL characters and unpaired surrogates in jsonb text;
-    finding them here makes them a 422 instead of a failed COMMIT (503).
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return "contains a NUL character (\\u0000)"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "contains an unpaired surrogate (\\ud800-\\udfff)"
-    return None
-
-
 def check_fixed_addresses(campaign: Mapping[str, Any], tenant: Tenant) -> None:
     """At create/update time: a ``from`` or ``reply_to`` without template syntax can be
     checked now (address syntax, sender domain) instead of failing every trigger."""

@@ -299,3 +299,13 @@ def test_oversized_body_is_413(client: FlaskClient, tenant: TenantKey) -> None:
     )
     assert response.status_code == 413
     assert response.get_json()["status"] == 413
+
+
+def test_text_that_postgres_cannot_store_is_a_422_not_a_503(
+    client: FlaskClient, tenant: TenantKey, db: psycopg.Connection
+) -> None:
+    for bad in ("a\x00b", "\ud800"):
+        response = post(client, tenant, {**MAIL, "text": bad})
+        assert response.status_code == 422
+        assert "text" in response.get_json()["errors"]
+    assert counts(db) == (0, 0, 0)

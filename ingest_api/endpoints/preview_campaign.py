@@ -14,13 +14,13 @@ from ingest_api.campaign_mail import (
     campaign_mail,
     rendered_fields,
     template_context,
-    unstorable,
 )
 from ingest_api.campaign_store import campaign_or_404
 from ingest_api.errors import refuse
 from ingest_api.new_mail import field_errors
 from ingest_api.render import BudgetExhausted, RenderBudget
 from ingest_api.schemas.campaign import PreviewResultSchema, PreviewSchema
+from ingest_api.schemas.fields import unstorable
 
 blp = Blueprint("preview_campaign", __name__, url_prefix="/v1", description="Preview a campaign")
 

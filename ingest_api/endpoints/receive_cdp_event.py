@@ -25,12 +25,12 @@ from psycopg.types.json import Jsonb
 from ingest_api import signatures
 from ingest_api.accept import IngestTransaction
 from ingest_api.auth import Tenant, authenticated_otherwise
-from ingest_api.campaign_mail import unstorable
 from ingest_api.cdp import run_workflows
 from ingest_api.errors import refuse
 from ingest_api.ingest import handle_ingest
 from ingest_api.new_mail import field_errors
 from ingest_api.schemas.cdp_event import CdpEventSchema, CdpResultSchema
+from ingest_api.schemas.fields import unstorable
 from shared.queries import QUERIES
 
 log = logging.getLogger(__name__)

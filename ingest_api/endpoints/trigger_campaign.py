@@ -26,7 +26,6 @@ from ingest_api.campaign_mail import (
     campaign_mail,
     rendered_fields,
     template_context,
-    unstorable,
 )
 from ingest_api.campaign_store import campaign_or_404
 from ingest_api.errors import refuse
@@ -34,6 +33,7 @@ from ingest_api.ingest import handle_ingest
 from ingest_api.new_mail import field_errors
 from ingest_api.render import BudgetExhausted, RenderBudget
 from ingest_api.schemas.campaign import TriggerResultSchema, TriggerSchema
+from ingest_api.schemas.fields import unstorable
 
 blp = Blueprint("trigger_campaign", __name__, url_prefix="/v1", description="Trigger a campaign")
 

@@ -9,6 +9,30 @@ from email_validator import EmailNotValidError, validate_email
 from marshmallow import ValidationError, fields
 
 
+def unstorable(value: Any) -> str | None:
+    """Why *value* (parsed JSON) cannot be stored in a jsonb column, or None.
+
+    PostgreSQL refuses NUL characters and unpaired surrogates in jsonb text;
+    finding them here makes them a 422 instead of a failed COMMIT (503).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "contains a NUL character (\\u0000)"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "contains an unpaired surrogate (\\ud800-\\udfff)"
+    return None
+
+
 def reject_line_breaks(value: str) -> None:
     """A CR or LF in a header value would let a client inject headers."""
     if "\r" in value or "\n" in value:

@@ -16,11 +16,12 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_load,
     validate,
     validates_schema,
 )
 
-from ingest_api.schemas.fields import Mailbox, reject_line_breaks
+from ingest_api.schemas.fields import Mailbox, reject_line_breaks, unstorable
 from shared.queues import STREAM_QUEUES
 from shared.states import MailStatus
 
@@ -180,6 +181,17 @@ class SendMailSchema(Schema):
     )
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=64)),
                            load_default=dict, validate=_validate_metadata)  # fmt: skip
+
+    @pre_load
+    def _storable(self, data: Any, **_: Any) -> Any:
+        """NUL characters and lone surrogates cannot be stored: a 422, not a failed COMMIT."""
+        if isinstance(data, dict):
+            errors = {
+                key: [problem] for key, value in data.items() if (problem := unstorable(value))
+            }
+            if errors:
+                raise ValidationError(errors)
+        return data
 
     @validates_schema
     def _body_and_recipients(self, data: dict[str, Any], **_: Any) -> None:
