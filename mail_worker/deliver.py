@@ -1,5 +1,9 @@
 """The send step: pick the mail up, build it, hand it to SMTP, record the outcome.
 
+A permanent refusal (5xx) makes the mail ``failed``; a transient one (4xx, a
+timeout, a lost connection) puts it back into the outbox as ``retrying`` with a
+backoff, until the attempt limit (``dead``) or its ``expires_at`` (``expired``).
+
 Between the SMTP server's acceptance and our COMMIT of ``sent`` lies the only
 window in which a crash can cause a second send; the deterministic Message-ID
 lets downstream systems recognise it.
@@ -9,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from mail_worker.compose import compose, envelope_recipients, needs_smtputf8
-from mail_worker.pickup import pick_up
+from mail_worker.pickup import PickedMail, pick_up
+from mail_worker.retry import decide
 from mail_worker.smtp import SmtpClient, SmtpFailure
 from shared.db import DictPool
 from shared.jsonlog import mail_context
@@ -43,8 +49,56 @@ def _finish(
         )
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_seconds: float = 30.0
+
+
+def _after_failure(
+    pool: DictPool, mail: PickedMail, error: SmtpFailure, policy: RetryPolicy
+) -> str:
+    """Permanent: failed. Transient: retrying through the outbox, or dead/expired."""
+    if not error.transient:
+        _finish(pool, mail.id, MailStatus.FAILED, {"error": str(error)}, str(error))
+        return MailStatus.FAILED.value
+    decision = decide(
+        attempts=mail.attempts,
+        max_attempts=policy.max_attempts,
+        expires_at=mail.expires_at,
+        base=policy.base_seconds,
+    )
+    if decision.status is not MailStatus.RETRYING:
+        detail = {"error": str(error), "reason": decision.reason}
+        _finish(pool, mail.id, decision.status, detail, f"{decision.reason}: {error}")
+        return decision.status.value
+    with pool.connection() as conn:
+        conn.execute(
+            QUERIES["schedule_retry"],
+            {
+                "mail_id": mail.id,
+                "last_error": str(error),
+                "delay": decision.delay_seconds,
+                "detail": Jsonb(
+                    {
+                        "error": str(error),
+                        "attempt": mail.attempts,
+                        "retry_in_seconds": round(decision.delay_seconds, 1),
+                    }
+                ),
+            },
+        )
+    return MailStatus.RETRYING.value
+
+
 def deliver(
-    pool: DictPool, smtp: SmtpClient, mail_id: str, *, message_id_domain: str, worker: str
+    pool: DictPool,
+    smtp: SmtpClient,
+    mail_id: str,
+    *,
+    message_id_domain: str,
+    worker: str,
+    retry: RetryPolicy | None = None,
 ) -> str:
     """Send one mail if this delivery wins the pickup; return what happened."""
     with mail_context(mail_id):
@@ -61,9 +115,8 @@ def deliver(
                 smtputf8=needs_smtputf8(mail.request),
             )
         except SmtpFailure as exc:
-            log.warning("send failed", extra={"error": str(exc)})
-            _finish(pool, mail.id, MailStatus.FAILED, {"error": str(exc)}, str(exc))
-            return MailStatus.FAILED.value
+            log.warning("send failed", extra={"error": str(exc), "transient": exc.transient})
+            return _after_failure(pool, mail, exc, retry or RetryPolicy())
         detail = {"smtp_reply": f"{reply.code} {reply.text}", "refused": reply.refused}
         _finish(pool, mail.id, MailStatus.SENT, detail, None)
         log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})

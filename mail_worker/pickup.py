@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from shared.db import DictPool
@@ -18,6 +19,7 @@ class PickedMail:
     stream: str
     request: dict[str, Any]
     attempts: int
+    expires_at: datetime | None
 
 
 def pick_up(pool: DictPool, mail_id: uuid.UUID, worker: str) -> PickedMail | None:

@@ -18,7 +18,15 @@ log = logging.getLogger(__name__)
 
 
 class SmtpFailure(Exception):
-    """The SMTP server did not accept the mail; the message says why."""
+    """The SMTP server did not accept the mail; the message says why.
+
+    Transient: a 4xx reply, a timeout or a broken connection (worth retrying).
+    Permanent: a 5xx reply (the same mail would be refused again).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,13 @@ class SmtpClient:
             return self._transaction(smtp, sender, recipients, data, smtputf8)
         except smtplib.SMTPResponseException as exc:
             self._reset_after_refusal()
-            raise SmtpFailure(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
+            transient = 400 <= exc.smtp_code < 500
+            raise SmtpFailure(
+                f"{exc.smtp_code} {_text(exc.smtp_error)}", transient=transient
+            ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self.close()  # the connection state is unknown: never reuse it
-            raise SmtpFailure(f"{type(exc).__name__}: {exc}") from exc
+            raise SmtpFailure(f"{type(exc).__name__}: {exc}", transient=True) from exc
 
     @staticmethod
     def _transaction(
@@ -97,7 +108,11 @@ class SmtpClient:
             if code not in (250, 251):
                 refused[recipient] = f"{code} {_text(reply)}"
         if len(refused) == len(recipients):
-            raise smtplib.SMTPResponseException(550, f"every recipient refused: {refused}".encode())
+            # Worth retrying if any recipient was refused only for now (4xx).
+            code = 450 if any(reply.startswith("4") for reply in refused.values()) else 550
+            raise smtplib.SMTPResponseException(
+                code, f"every recipient refused: {refused}".encode()
+            )
         code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)

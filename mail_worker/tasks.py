@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mail_worker import resources
-from mail_worker.deliver import deliver, record_canary
+from mail_worker.deliver import RetryPolicy, deliver, record_canary
 from shared.config import Settings
 
 
@@ -17,6 +17,7 @@ def make_send_mail(settings: Settings) -> Callable[[str], str]:
             mail_id,
             message_id_domain=settings.message_id_domain,
             worker=resources.worker_name(),
+            retry=RetryPolicy(settings.send_max_attempts, settings.send_retry_base),
         )
 
     return send_mail

@@ -48,6 +48,8 @@ class Settings:
     canary_interval: float = 15.0
     canary_threshold: float = 60.0
     sending_timeout: float = 300.0
+    send_max_attempts: int = 6
+    send_retry_base: float = 30.0
     queue_prefix: str = ""
     smtp_timeout: float = 30.0
     log_level: str = "INFO"
@@ -157,6 +159,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "canary_interval": _positive(float),
     "canary_threshold": _positive(float),
     "sending_timeout": _positive(float),
+    "send_max_attempts": _positive(int),
+    "send_retry_base": _positive(float),
     "queue_prefix": _parse_queue_prefix,
     "smtp_timeout": _positive(float),
     "log_level": _parse_log_level,

@@ -44,7 +44,7 @@ def test_mail_posted_to_the_api_arrives_at_the_smtp_server(
 ) -> None:
     port = free_port()
     procs.api(port)
-    procs.relay()
+    relay = procs.relay()
     procs.worker()
     key = new_key(procs)
     auth = {"Authorization": f"Bearer {key}"}
@@ -71,6 +71,8 @@ def test_mail_posted_to_the_api_arrives_at_the_smtp_server(
     wait_until(sent, 15)
     _, view = http("GET", f"http://127.0.0.1:{port}/v1/mails/{mail_id}", None, auth)
     assert [event["kind"] for event in view["events"]] == ["accepted", "queued", "sending", "sent"]
+    assert relay.stop() == 0, "SIGTERM: the relay finishes its round and exits cleanly"
+    assert "relay stopped" in relay.log.read_text()
 
 
 def test_unreachable_database_means_503_and_nothing_half_written(
@@ -160,3 +162,33 @@ def test_relay_killed_between_publish_and_commit_loses_nothing_and_sends_once(
 
 
 __all__ = ["replace"]
+
+
+def test_a_broker_that_loses_messages_loses_no_mail(
+    procs: Processes,
+    settings: Settings,
+    smtp_sink: SmtpSink,
+    db: psycopg.Connection,
+) -> None:
+    """Redis restarted without persistence, simulated on our own keys: the queue is
+    emptied after the publish. The relay publishes again when the lease expires."""
+    procs.env["MAILROOM_RELAY_VISIBILITY_TIMEOUT"] = "2"
+    port = free_port()
+    procs.api(port)
+    procs.relay()
+    key = new_key(procs)
+    status, body = http(
+        "POST", f"http://127.0.0.1:{port}/v1/mails", MAIL, {"Authorization": f"Bearer {key}"}
+    )
+    assert status == 202
+    mail_id = uuid.UUID(body["id"])
+    wait_until(lambda: status_of(db, mail_id) == "queued", 30)
+    broker = redis.Redis.from_url(settings.broker_url)
+    assert broker.delete(f"{settings.broker_key_prefix}transactional") == 1  # the loss
+
+    procs.worker()
+    wait_until(lambda: status_of(db, mail_id) == "sent", 60)
+    assert [m.parsed()["Message-ID"] for m in smtp_sink.received] == [f"<{mail_id}@mail.test>"]
+    kinds = event_kinds(db, mail_id)
+    assert kinds[:2] == ["accepted", "queued"] and "redispatched" in kinds
+    assert kinds[-2:] == ["sending", "sent"]

@@ -172,14 +172,17 @@ def test_refused_recipients_make_the_mail_failed_with_the_reason(
     assert event_kinds(db, mail_id) == ["accepted", "sending", "failed"]
 
 
-def test_unreachable_smtp_server_is_recorded_not_lost(
+def test_unreachable_smtp_server_is_a_transient_failure_retried_later(
     db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
 ) -> None:
     client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{free_port()}"), timeout=2)
     mail_id = insert_mail(db, tenant.tenant_id)
-    assert run(pool, client, mail_id) == "failed"
+    assert run(pool, client, mail_id) == "retrying"
     row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
-    assert row is not None and row[0] == "failed" and "Connection" in row[1]
+    assert row is not None and row[0] == "retrying" and "Connection" in row[1]
+    assert db.execute("SELECT count(*) FROM outbox WHERE mail_id = %s", (mail_id,)).fetchone() == (
+        1,
+    )
 
 
 def test_attachments_and_inline_images_are_built_into_mixed_and_related_parts() -> None:
@@ -209,3 +212,76 @@ def test_attachments_and_inline_images_are_built_into_mixed_and_related_parts() 
     image = next(part for part in related.walk() if part.get_content_type() == "image/png")
     assert image["Content-ID"] == "<logo@mail>"
     assert image.get_content() == logo
+
+
+class ReplyingHandler:
+    """An SMTP server that answers RCPT with a fixed reply."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return self.reply
+
+
+def run_against(reply: str, pool: ConnectionPool, mail_id: uuid.UUID, **policy: float) -> str:
+    from mail_worker.deliver import RetryPolicy  # noqa: PLC0415
+
+    controller = Controller(ReplyingHandler(reply), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{controller.port}"), timeout=5)
+    try:
+        return deliver(
+            pool, client, str(mail_id), message_id_domain=DOMAIN, worker="test",
+            retry=RetryPolicy(**policy),  # type: ignore[arg-type]
+        )  # fmt: skip
+    finally:
+        client.close()
+        controller.stop()
+
+
+def test_a_transient_refusal_goes_back_to_the_outbox_with_a_backoff(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    assert run_against("451 4.7.1 try again later", pool, mail_id, base_seconds=60) == "retrying"
+    row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
+    assert row is not None and row[0] == "retrying" and "try again later" in row[1]
+    delay = db.execute(
+        "SELECT extract(epoch FROM available_at - now()) FROM outbox WHERE mail_id = %s", (mail_id,)
+    ).fetchone()
+    assert delay is not None and 25 <= float(delay[0]) <= 61, "backoff with jitter, in Postgres"
+    assert event_kinds(db, mail_id) == ["accepted", "sending", "retrying"]
+
+
+def test_a_mail_that_keeps_failing_transiently_becomes_dead(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    outcomes = []
+    for _ in range(3):
+        db.execute("UPDATE outbox SET available_at = now()")
+        outcomes.append(run_against("421 busy", pool, mail_id, max_attempts=3, base_seconds=1))
+    assert outcomes == ["retrying", "retrying", "dead"]
+    row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
+    assert row is not None and row[0] == "dead" and row[1].startswith("gave up after 3 attempts")
+    assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def test_a_retry_that_would_come_after_expiry_expires_instead(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    mail_id = insert_mail(db, tenant.tenant_id, expires_at=soon)
+    assert run_against("450 mailbox busy", pool, mail_id, base_seconds=600) == "expired"
+    assert status_of(db, mail_id) == "expired"
+
+
+def test_a_permanent_refusal_is_failed_at_once(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    mail_id = insert_mail(db, tenant.tenant_id)
+    assert run_against("550 5.1.1 unknown user", pool, mail_id) == "failed"
+    assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)

@@ -176,7 +176,7 @@ WITH picked AS (
     SET status = 'sending', attempts = attempts + 1, updated_at = now()
     WHERE id = %(mail_id)s AND status = ANY(%(from_statuses)s)
       AND (expires_at IS NULL OR expires_at > now())
-    RETURNING id, tenant_id, stream, request, attempts
+    RETURNING id, tenant_id, stream, request, attempts, expires_at
 ), acknowledged AS (
     DELETE FROM outbox WHERE mail_id IN (SELECT id FROM picked)
 ), event AS (
@@ -184,7 +184,7 @@ WITH picked AS (
     SELECT id, 'sending', jsonb_build_object('attempt', attempts, 'worker', %(worker)s::text)
     FROM picked
 )
-SELECT id, tenant_id, stream, request, attempts FROM picked;
+SELECT id, tenant_id, stream, request, attempts, expires_at FROM picked;
 
 -- name: finish_sending
 -- The outcome of a send attempt, with its event.
@@ -196,6 +196,20 @@ WITH finished AS (
 )
 INSERT INTO mail_events (mail_id, kind, detail)
 SELECT id, %(status)s, %(detail)s FROM finished;
+
+-- name: schedule_retry
+-- A transient failure: back into the outbox, due after the backoff; the broker holds nothing.
+WITH retrying AS (
+    UPDATE mails SET status = 'retrying', last_error = %(last_error)s, updated_at = now()
+    WHERE id = %(mail_id)s AND status = 'sending'
+    RETURNING id, stream
+), requeued AS (
+    -- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+    INSERT INTO outbox (mail_id, queue, available_at)
+    SELECT id, stream, now() + make_interval(secs => %(delay)s) FROM retrying
+)
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'retrying', %(detail)s FROM retrying;
 
 -- name: applied_migrations
 -- Versions already applied.
