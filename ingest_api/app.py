@@ -12,6 +12,9 @@ from ingest_api import auth, metrics, openapi
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
 from ingest_api.endpoints import (
     CAMPAIGN_ENDPOINTS,
+    SUPPRESSION_ENDPOINTS,
+    UNSUBSCRIBE_BLUEPRINT,
+    WEBHOOK_ENDPOINTS,
     cancel_mail,
     get_mail,
     health,
@@ -72,6 +75,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = openapi.create_api(app)
     for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
         api.register_blueprint(endpoint.blp)
+    for endpoint in WEBHOOK_ENDPOINTS:
+        api.register_blueprint(endpoint.blp)
+    for endpoint in SUPPRESSION_ENDPOINTS:
+        api.register_blueprint(endpoint.blp)
     app.register_blueprint(health.blp)
+    app.register_blueprint(UNSUBSCRIBE_BLUEPRINT)  # no API key, not in the OpenAPI document
     register_error_handlers(app)
     return app

@@ -31,6 +31,8 @@ def stored_request(data: dict[str, Any]) -> dict[str, Any]:
         "html": data["html"],
         "headers": data["headers"],
         "attachments": data["attachments"],
+        # Honoured by the worker for stream "transactional" only (mail_worker.suppression).
+        "bypass_unsubscribes": data.get("bypass_unsubscribes", False),
     }
 
 

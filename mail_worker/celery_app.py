@@ -13,12 +13,13 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from mail_worker.tasks import make_canary, make_send_mail
+from mail_worker.tasks import make_canary, make_deliver_webhook, make_send_mail
 from shared.cli_support import settings_or_exit
 from shared.config import Settings
 from shared.jsonlog import configure_logging
 from shared.queues import (
     CANARY_TASK,
+    DELIVER_WEBHOOK_TASK,
     SEND_MAIL_TASK,
     TRANSACTIONAL_QUEUE,
     all_queues,
@@ -57,6 +58,10 @@ def create_celery_app(settings: Settings) -> Celery:
         make_send_mail(settings)
     )
     celery.task(name=CANARY_TASK, bind=False, acks_late=True)(make_canary(settings))
+    # status webhooks: retries are rows in PostgreSQL, so the message is acked either way
+    celery.task(name=DELIVER_WEBHOOK_TASK, bind=False, acks_late=True)(
+        make_deliver_webhook(settings)
+    )
     return celery
 
 

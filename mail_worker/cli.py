@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shared.queues import STREAM_QUEUES, broker_queue_name
+from shared.queues import WORKER_QUEUES, broker_queue_name
 
 
 @click.group()
@@ -15,11 +15,12 @@ def cli() -> None:
 @cli.command("run")
 @click.option("--concurrency", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--queues", default=",".join(STREAM_QUEUES.values()), show_default=True,
-    help="comma-separated streams to consume (run one worker per stream to isolate them)",
+    "--queues", default=",".join(WORKER_QUEUES), show_default=True,
+    help="comma-separated queues to consume: the mail streams and 'webhooks'"
+    " (run one worker per queue to isolate them)",
 )  # fmt: skip
 def run(concurrency: int, queues: str) -> None:
-    """Run a Celery worker consuming the mail queues."""
+    """Run a Celery worker consuming the mail queues and the webhook queue."""
     # Imported here: it loads the settings, and --help must work without them.
     from mail_worker.celery_app import app, settings  # noqa: PLC0415
 

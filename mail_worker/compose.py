@@ -10,6 +10,9 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
+# Headers set as raw strings (only List-Unsubscribe) are written as they are.
+_POLICY = policy.SMTP.clone(refold_source="none")
+
 
 def message_id(mail_id: uuid.UUID | str, domain: str) -> str:
     """Deterministic, so a second send of one mail can be recognised downstream."""
@@ -25,8 +28,14 @@ def envelope_recipients(request: dict[str, Any]) -> list[str]:
     return [m["email"] for key in ("to", "cc", "bcc") for m in request.get(key) or []]
 
 
-def compose(mail_id: uuid.UUID | str, request: dict[str, Any], domain: str) -> EmailMessage:
-    message = EmailMessage(policy=policy.SMTP)
+def compose(
+    mail_id: uuid.UUID | str,
+    request: dict[str, Any],
+    domain: str,
+    *,
+    list_unsubscribe: str | None = None,
+) -> EmailMessage:
+    message = EmailMessage(policy=_POLICY)
     message["From"] = _address(request["from"])
     message["To"] = [_address(m) for m in request["to"]]
     if request.get("cc"):
@@ -38,6 +47,13 @@ def compose(mail_id: uuid.UUID | str, request: dict[str, Any], domain: str) -> E
     message["Message-ID"] = message_id(mail_id, domain)
     for name, value in (request.get("headers") or {}).items():
         message[name] = value
+    # ----- suppressions and unsubscribes: RFC 8058 one-click (campaign mails) -----
+    if list_unsubscribe is not None:  # ours replaces any the request set
+        del message["List-Unsubscribe"], message["List-Unsubscribe-Post"]
+        # Raw and never refolded: folding would RFC 2047-encode the long URL.
+        message.set_raw("List-Unsubscribe", f"<{list_unsubscribe}>")
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    # ----- end suppressions and unsubscribes -----
     text, html = request.get("text"), request.get("html")
     if text:
         message.set_content(text)

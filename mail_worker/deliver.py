@@ -3,6 +3,9 @@
 A permanent refusal (5xx) makes the mail ``failed``; a transient one (4xx, a
 timeout, a lost connection) puts it back into the outbox as ``retrying`` with a
 backoff, until the attempt limit (``dead``) or its ``expires_at`` (``expired``).
+Recipients on the tenant's suppression list are dropped before SMTP (a mail left
+with none becomes ``suppressed``), and recipients refused with a 5xx join the
+list with the outcome (:mod:`mail_worker.suppression`).
 
 Between the SMTP server's acceptance and our COMMIT of ``sent`` lies the only
 window in which a crash can cause a second send; the deterministic Message-ID
@@ -18,35 +21,46 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from mail_worker.compose import compose, envelope_recipients, needs_smtputf8
+from mail_worker.compose import compose, needs_smtputf8
 from mail_worker.pickup import PickedMail, pick_up
 from mail_worker.retry import decide
 from mail_worker.smtp import SmtpClient, SmtpFailure
+from mail_worker.suppression import (
+    UnsubscribeLinks,
+    list_unsubscribe_url,
+    record_hard_bounces,
+    screen,
+)
 from shared.db import DictPool
 from shared.jsonlog import mail_context
 from shared.queries import QUERIES
 from shared.states import MailStatus
+from shared.unsubscribe_tokens import UnsubscribeSecretMissing
 
 log = logging.getLogger(__name__)
 
 
 def _finish(
     pool: DictPool,
-    mail_id: uuid.UUID,
+    mail: PickedMail,
     status: MailStatus,
     detail: dict[str, Any],
     error: str | None,
+    *,
+    refused: dict[str, str] | None = None,
 ) -> None:
-    with pool.connection() as conn:
+    """Record the outcome; recipients *refused* with a 5xx become hard bounces with it."""
+    with pool.connection() as conn, conn.transaction():
         conn.execute(
             QUERIES["finish_sending"],
             {
-                "mail_id": mail_id,
+                "mail_id": mail.id,
                 "status": status.value,
                 "last_error": error,
                 "detail": Jsonb(detail),
             },
         )
+        record_hard_bounces(conn, mail, refused or {})
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,9 @@ def _after_failure(
 ) -> str:
     """Permanent: failed. Transient: retrying through the outbox, or dead/expired."""
     if not error.transient:
-        _finish(pool, mail.id, MailStatus.FAILED, {"error": str(error)}, str(error))
+        _finish(
+            pool, mail, MailStatus.FAILED, {"error": str(error)}, str(error), refused=error.refused
+        )
         return MailStatus.FAILED.value
     decision = decide(
         attempts=mail.attempts,
@@ -70,9 +86,17 @@ def _after_failure(
     )
     if decision.status is not MailStatus.RETRYING:
         detail = {"error": str(error), "reason": decision.reason}
-        _finish(pool, mail.id, decision.status, detail, f"{decision.reason}: {error}")
+        _finish(
+            pool,
+            mail,
+            decision.status,
+            detail,
+            f"{decision.reason}: {error}",
+            refused=error.refused,
+        )
         return decision.status.value
-    with pool.connection() as conn:
+    with pool.connection() as conn, conn.transaction():
+        record_hard_bounces(conn, mail, error.refused)  # the 5xx ones among 4xx refusals
         conn.execute(
             QUERIES["schedule_retry"],
             {
@@ -99,26 +123,49 @@ def deliver(
     message_id_domain: str,
     worker: str,
     retry: RetryPolicy | None = None,
+    unsubscribe: UnsubscribeLinks | None = None,
 ) -> str:
-    """Send one mail if this delivery wins the pickup; return what happened."""
+    """Send one mail if this delivery wins the pickup; return what happened.
+
+    *unsubscribe* makes the one-click links of campaign mails (required for them).
+    """
     with mail_context(mail_id):
         mail = pick_up(pool, uuid.UUID(mail_id), worker)
         if mail is None:
             log.info("duplicate delivery ignored: the mail was already picked up")
             return "duplicate"
-        message = compose(mail.id, mail.request, message_id_domain)
+        screened = screen(pool, mail)  # the suppression list
+        if not screened.recipients:
+            _finish(
+                pool, mail, MailStatus.SUPPRESSED, {"suppressed": screened.suppressed},
+                "every recipient is suppressed",
+            )  # fmt: skip
+            log.info("suppressed: every recipient is on the suppression list")
+            return MailStatus.SUPPRESSED.value
+        try:
+            link = list_unsubscribe_url(unsubscribe, mail)
+        except UnsubscribeSecretMissing as exc:
+            log.error("campaign mail not sent", extra={"error": str(exc)})
+            failure = SmtpFailure(str(exc), transient=True)  # sent once the secret is set
+            return _after_failure(pool, mail, failure, retry or RetryPolicy())
+        message = compose(mail.id, mail.request, message_id_domain, list_unsubscribe=link)
         try:
             reply = smtp.send(
                 mail.request["from"]["email"],
-                envelope_recipients(mail.request),
+                screened.recipients,
                 message.as_bytes(),
                 smtputf8=needs_smtputf8(mail.request),
             )
         except SmtpFailure as exc:
             log.warning("send failed", extra={"error": str(exc), "transient": exc.transient})
             return _after_failure(pool, mail, exc, retry or RetryPolicy())
-        detail = {"smtp_reply": f"{reply.code} {reply.text}", "refused": reply.refused}
-        _finish(pool, mail.id, MailStatus.SENT, detail, None)
+        detail: dict[str, Any] = {
+            "smtp_reply": f"{reply.code} {reply.text}",
+            "refused": reply.refused,
+        }
+        if screened.suppressed:
+            detail["suppressed"] = screened.suppressed
+        _finish(pool, mail, MailStatus.SENT, detail, None, refused=reply.refused)
         log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})
         return MailStatus.SENT.value
 

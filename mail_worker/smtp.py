@@ -22,11 +22,21 @@ class SmtpFailure(Exception):
 
     Transient: a 4xx reply, a timeout or a broken connection (worth retrying).
     Permanent: a 5xx reply (the same mail would be refused again).
+    ``refused``: when every recipient was refused, each one's reply.
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, refused: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.refused = refused or {}
+
+
+class _EveryRecipientRefused(smtplib.SMTPResponseException):
+    def __init__(self, code: int, refused: dict[str, str]) -> None:
+        super().__init__(code, f"every recipient refused: {refused}".encode())
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,9 @@ class SmtpClient:
             self._reset_after_refusal()
             transient = 400 <= exc.smtp_code < 500
             raise SmtpFailure(
-                f"{exc.smtp_code} {_text(exc.smtp_error)}", transient=transient
+                f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                transient=transient,
+                refused=getattr(exc, "refused", None),
             ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self.close()  # the connection state is unknown: never reuse it
@@ -110,9 +122,7 @@ class SmtpClient:
         if len(refused) == len(recipients):
             # Worth retrying if any recipient was refused only for now (4xx).
             code = 450 if any(reply.startswith("4") for reply in refused.values()) else 550
-            raise smtplib.SMTPResponseException(
-                code, f"every recipient refused: {refused}".encode()
-            )
+            raise _EveryRecipientRefused(code, refused)
         code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)

@@ -39,3 +39,11 @@ ABANDONED = Counter(
     "mailroom_relay_abandoned_sends_total",
     "Mails put back in the outbox because their worker was lost while sending",
 )
+# ----- status webhooks -----
+WEBHOOKS_PUBLISHED = Counter(
+    "mailroom_relay_webhooks_published_total", "Webhook delivery messages published"
+)
+WEBHOOKS_ABANDONED = Counter(
+    "mailroom_relay_webhooks_abandoned_total",
+    "Webhook deliveries the relay gave up on (webhook deleted, or unattempted in the window)",
+)

@@ -27,8 +27,10 @@ from kombu import Connection, Producer
 from shared.config import Settings
 from shared.queues import (
     CANARY_TASK,
+    DELIVER_WEBHOOK_TASK,
     SEND_MAIL_TASK,
     UNROUTABLE_QUEUE,
+    WEBHOOK_QUEUE,
     broker_queue_name,
     broker_transport_options,
     is_amqp,
@@ -43,7 +45,7 @@ class PublishError(RuntimeError):
 @dataclass(frozen=True)
 class TaskMessage:
     task: str
-    object_id: uuid.UUID  # a mail id, or a canary id
+    object_id: uuid.UUID  # a mail id, a canary id, or a webhook delivery id
     queue: str  # the stream's queue; the broker queue adds MAILROOM_QUEUE_PREFIX
 
     @classmethod
@@ -53,6 +55,10 @@ class TaskMessage:
     @classmethod
     def canary(cls, canary_id: uuid.UUID, queue: str) -> TaskMessage:
         return cls(CANARY_TASK, canary_id, queue)
+
+    @classmethod
+    def deliver_webhook(cls, delivery_id: uuid.UUID) -> TaskMessage:
+        return cls(DELIVER_WEBHOOK_TASK, delivery_id, WEBHOOK_QUEUE)
 
 
 def celery_message(message: TaskMessage, origin: str) -> tuple[Any, dict[str, Any], str]:

@@ -26,6 +26,7 @@ from outbox_relay.canary import IncidentLog, send_canaries
 from outbox_relay.dispatch import DispatchPolicy, RoundResult, dispatch_round
 from outbox_relay.publish import Publisher, PublishError
 from outbox_relay.unroutable import drain_unroutable
+from outbox_relay.webhook_dispatch import WebhookPolicy, webhook_round
 from shared.config import Settings
 from shared.db import connect
 from shared.pipeline_health import pipeline_health
@@ -39,6 +40,7 @@ STOP_CHECK_SECONDS = 0.5
 STATS_INTERVAL = 5.0
 UNROUTABLE_INTERVAL = 2.0
 PRUNE_INTERVAL = 600.0
+WEBHOOK_BATCHES_PER_RUN = 5  # status webhooks: at most this many full batches per run
 
 
 class Periodic:
@@ -61,6 +63,7 @@ class Relay:
         self.settings = settings
         self.publisher = publisher or Publisher(settings)
         self.policy = DispatchPolicy.from_settings(settings)
+        self.webhook_policy = WebhookPolicy.from_settings(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
         self.incidents = IncidentLog()
@@ -72,6 +75,8 @@ class Relay:
             Periodic(STATS_INTERVAL, self._stats),
             Periodic(STATS_INTERVAL, self._recover_abandoned_sends),
             Periodic(PRUNE_INTERVAL, self._prune),
+            # status webhooks: due deliveries, as often as the relay polls
+            Periodic(settings.relay_poll_interval, self._webhooks),
         ]
         if is_amqp(settings.broker_url):
             self._periodic.append(Periodic(UNROUTABLE_INTERVAL, self._drain_unroutable))
@@ -187,6 +192,24 @@ class Relay:
 
     def _prune(self) -> None:
         self._connection().execute(QUERIES["prune_canaries"])
+
+    def _webhooks(self) -> None:
+        """Publish due status webhook deliveries (see outbox_relay.webhook_dispatch)."""
+        for _ in range(WEBHOOK_BATCHES_PER_RUN):
+            result = webhook_round(self._connection(), self.publisher, self.webhook_policy)
+            metrics.WEBHOOKS_PUBLISHED.inc(result.published)
+            metrics.WEBHOOKS_ABANDONED.inc(result.abandoned)
+            if result.error is not None:
+                metrics.PUBLISH_ERRORS.inc()
+                log.warning(
+                    "the broker refused webhook deliveries; they stay due",
+                    extra={"error": str(result.error)},
+                )
+                return
+            if result.published:
+                log.info("published webhook deliveries", extra={"count": result.published})
+            if result.claimed < self.webhook_policy.batch_size or self.stopping.is_set():
+                return
 
     def _drain_unroutable(self) -> None:
         metrics.UNROUTABLE.inc(drain_unroutable(self._connection(), self.publisher))

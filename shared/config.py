@@ -58,6 +58,17 @@ class Settings:
     rate_limit_rate: float = 50.0
     rate_limit_burst: int = 100
     rate_limit_prefix: str = "mailroom:ratelimit:"
+    # ----- suppressions and unsubscribes -----
+    # The API's public base URL (one-click unsubscribe links in campaign mails) and
+    # the key that signs those links; the API and the worker must share both.
+    public_url: str = "http://127.0.0.1:8000"
+    unsubscribe_secret: str = field(default="", repr=False)
+    # ----- status webhooks -----
+    # Failed deliveries are retried with backoff (base seconds, doubling, at most an
+    # hour) until this many hours after the event; each POST times out after webhook_timeout.
+    webhook_retry_hours: float = 24.0
+    webhook_retry_base: float = 30.0
+    webhook_timeout: float = 10.0
 
 
 def _parse_database_url(value: str) -> str:
@@ -135,6 +146,30 @@ def _parse_log_level(value: str) -> str:
     return level
 
 
+# ----- suppressions and unsubscribes -----
+MIN_UNSUBSCRIBE_SECRET_LENGTH = 16
+
+
+def _parse_public_url(value: str) -> str:
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or not value.isascii()
+        or any(c.isspace() for c in value)
+    ):
+        raise ValueError("expected http(s)://host[:port][/path], the API's public base URL")
+    return value.rstrip("/")
+
+
+def _parse_unsubscribe_secret(value: str) -> str:
+    if len(value) < MIN_UNSUBSCRIBE_SECRET_LENGTH:
+        raise ValueError(f"at least {MIN_UNSUBSCRIBE_SECRET_LENGTH} characters")
+    return value
+
+
 def _parse_rate_limit_url(value: str) -> str:
     if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
         raise ValueError("expected redis://host:port/db, rediss://… or unix:///path")
@@ -168,6 +203,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_limit_rate": _positive(float),
     "rate_limit_burst": _positive(int),
     "rate_limit_prefix": str,
+    # ----- suppressions and unsubscribes -----
+    "public_url": _parse_public_url,
+    "unsubscribe_secret": _parse_unsubscribe_secret,
+    # ----- status webhooks -----
+    "webhook_retry_hours": _positive(float),
+    "webhook_retry_base": _positive(float),
+    "webhook_timeout": _positive(float),
 }
 
 # The variable for each setting; ``smtp`` is configured as a URL.

@@ -12,6 +12,7 @@ from kombu import Exchange, Queue
 
 SEND_MAIL_TASK = "mailroom.send_mail"
 CANARY_TASK = "mailroom.canary"
+DELIVER_WEBHOOK_TASK = "mailroom.deliver_webhook"  # status webhooks
 
 # The PostgreSQL channel on which the API wakes the relays after committing mail.
 OUTBOX_CHANNEL = "mailroom_outbox"
@@ -22,6 +23,12 @@ CAMPAIGN_QUEUE = "campaign"
 STREAM_QUEUES = {"transactional": TRANSACTIONAL_QUEUE, "campaign": CAMPAIGN_QUEUE}
 # The order in which a relay fills a batch: a campaign burst never delays a password reset.
 QUEUE_PRIORITY = (TRANSACTIONAL_QUEUE, CAMPAIGN_QUEUE)
+# ----- status webhooks -----
+# Webhook deliveries have their own queue, so a slow receiver never delays mail.
+# It is not a mail stream: no mail outbox rows and no canary (QUEUE_PRIORITY is
+# unchanged), but a worker consumes it by default (WORKER_QUEUES, all_queues).
+WEBHOOK_QUEUE = "webhooks"
+WORKER_QUEUES = (*QUEUE_PRIORITY, WEBHOOK_QUEUE)
 
 # RabbitMQ: what no queue is bound for goes to this fanout exchange and queue,
 # which the relay drains back into the outbox, instead of being dropped.
@@ -63,7 +70,7 @@ def kombu_queue(queue: str, broker_url: str, prefix: str = "") -> Queue:
 
 
 def all_queues(broker_url: str, prefix: str = "") -> tuple[Queue, ...]:
-    return tuple(kombu_queue(queue, broker_url, prefix) for queue in QUEUE_PRIORITY)
+    return tuple(kombu_queue(queue, broker_url, prefix) for queue in WORKER_QUEUES)
 
 
 def broker_transport_options(broker_url: str, key_prefix: str) -> dict[str, object]:

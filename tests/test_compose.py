@@ -20,6 +20,10 @@ MAILROOM_ENV = {
     "MAILROOM_BROKER_URL": "redis://redis:6379/0",
     "MAILROOM_SMTP_URL": "smtp://mailpit:1025",
     "MAILROOM_MESSAGE_ID_DOMAIN": "mail.example.test",
+    "MAILROOM_PUBLIC_URL": "http://localhost:8000",
+    "MAILROOM_UNSUBSCRIBE_SECRET": (
+        "${MAILROOM_UNSUBSCRIBE_SECRET:-change-me-demo-unsubscribe-secret}"
+    ),
 }
 # The conditions the compose specification allows in a long-form depends_on.
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}

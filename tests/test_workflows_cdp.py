@@ -17,8 +17,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from ingest_api import signatures
 from ingest_api.accept import IngestTransaction
+from shared import signatures
 from shared.queries import QUERIES
 from tests.conftest import TenantKey
 from tests.test_api import auth, counts

@@ -2,16 +2,24 @@
 
 from ingest_api.endpoints import (
     create_campaign,
+    create_suppression,
+    create_webhook,
     create_workflow,
     delete_campaign,
+    delete_suppression,
+    delete_webhook,
     delete_workflow,
     get_campaign,
+    get_suppression,
     list_campaigns,
     list_cdp_events,
+    list_suppressions,
+    list_webhooks,
     list_workflows,
     preview_campaign,
     receive_cdp_event,
     trigger_campaign,
+    unsubscribe,
     update_campaign,
 )
 
@@ -30,3 +38,17 @@ CAMPAIGN_ENDPOINTS = (
     receive_cdp_event,
     list_cdp_events,
 )
+
+# Status webhooks, registered by the app factory.
+WEBHOOK_ENDPOINTS = (create_webhook, list_webhooks, delete_webhook)
+
+# The suppression list (API key), registered by the app factory. The one-click
+# unsubscribe link (``unsubscribe.blp``, a plain Flask blueprint without API key)
+# is registered beside them, outside the OpenAPI document.
+SUPPRESSION_ENDPOINTS = (
+    list_suppressions,
+    create_suppression,
+    get_suppression,
+    delete_suppression,
+)
+UNSUBSCRIBE_BLUEPRINT = unsubscribe.blp

@@ -2,7 +2,7 @@
 
 No API key here: the CDP names the tenant (``X-Mailroom-Tenant: <tenant id>``)
 and signs the raw body with the tenant's webhook secret
-(``X-Mailroom-Signature``, see :mod:`ingest_api.signatures`); anything else is
+(``X-Mailroom-Signature``, see :mod:`shared.signatures`); anything else is
 a 401 and nothing is stored. The event, whether or not a workflow matches, and
 the mails its workflows create are written in one transaction; its
 ``messageId`` makes a redelivery return the first answer and create nothing.
@@ -22,7 +22,6 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError
 from psycopg.types.json import Jsonb
 
-from ingest_api import signatures
 from ingest_api.accept import IngestTransaction
 from ingest_api.auth import Tenant, authenticated_otherwise
 from ingest_api.cdp import run_workflows
@@ -31,6 +30,7 @@ from ingest_api.ingest import handle_ingest
 from ingest_api.new_mail import field_errors
 from ingest_api.schemas.cdp_event import CdpEventSchema, CdpResultSchema
 from ingest_api.schemas.fields import unstorable
+from shared import signatures
 from shared.queries import QUERIES
 
 log = logging.getLogger(__name__)

@@ -181,6 +181,13 @@ class SendMailSchema(Schema):
     )
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=64)),
                            load_default=dict, validate=_validate_metadata)  # fmt: skip
+    bypass_unsubscribes = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "send to addresses that unsubscribed (stream transactional only;"
+            " hard bounces are never bypassed)"
+        },
+    )
 
     @pre_load
     def _storable(self, data: Any, **_: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import signal
 import time
@@ -170,6 +171,20 @@ def _start_services(stack: ExitStack, data_dir: Path, env: dict[str, str]) -> Pa
     return mail_folder
 
 
+def _dev_unsubscribe_links(env: dict[str, str], data_dir: Path, port: int) -> None:
+    """Unsubscribe links that work locally: this API's address, and a secret made once
+    and kept in the data folder (so links in mail already sent keep working)."""
+    if _unset(env, "public_url"):
+        env[variable_name("public_url")] = f"http://{API_HOST}:{port}"
+    if _unset(env, "unsubscribe_secret"):
+        secret_file = data_dir / "unsubscribe-secret"
+        if not secret_file.exists():
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        env[variable_name("unsubscribe_secret")] = secret_file.read_text().strip()
+
+
 def _check_alive(supervisor: Supervisor) -> None:
     exited = supervisor.first_exited()
     if exited is not None:
@@ -195,6 +210,7 @@ def _start(stack: ExitStack, data_dir: Path, port: int) -> tuple[RunningStack, S
 
     env = dict(os.environ)
     mail_folder = _start_services(stack, data_dir, env)
+    _dev_unsubscribe_links(env, data_dir, port)
     try:
         settings = load_settings(require=WORKER_REQUIRES, environ=env)
     except ConfigError as exc:

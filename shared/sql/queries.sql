@@ -441,3 +441,149 @@ WHERE tenant_id = %(tenant_id)s
   AND (%(message_id)s::text IS NULL OR message_id = %(message_id)s)
 ORDER BY received_at DESC, id DESC
 LIMIT %(limit)s;
+
+-- ===== suppressions and unsubscribes =====
+
+-- name: find_suppressions
+-- The worker's one look-up: which of a mail's (lower-cased) recipients the tenant suppresses.
+SELECT email, reason FROM suppressions
+WHERE tenant_id = %(tenant_id)s AND email = ANY(%(emails)s::text[]);
+
+-- name: add_hard_bounces
+-- Recipients refused permanently (5xx): suppressed for good; a hard bounce overrides any other reason.
+INSERT INTO suppressions (tenant_id, email, reason, detail, mail_id)
+SELECT %(tenant_id)s, t.email, 'hard_bounce', jsonb_build_object('smtp_reply', t.reply), %(mail_id)s
+FROM unnest(%(emails)s::text[], %(replies)s::text[]) AS t(email, reply)
+ON CONFLICT (tenant_id, email) DO UPDATE
+SET reason = 'hard_bounce', detail = EXCLUDED.detail, mail_id = EXCLUDED.mail_id,
+    created_at = now();
+
+-- name: add_unsubscribe
+-- A one-click unsubscribe; an existing entry (any reason) stays as it is.
+INSERT INTO suppressions (tenant_id, email, reason, detail, mail_id)
+SELECT %(tenant_id)s, %(email)s, 'unsubscribe', %(detail)s, %(mail_id)s
+FROM tenants WHERE id = %(tenant_id)s
+ON CONFLICT (tenant_id, email) DO NOTHING;
+
+-- name: record_unsubscribed_event
+-- The 'unsubscribed' event on the mail whose link was used, once per mail.
+INSERT INTO mail_events (mail_id, kind, detail)
+SELECT id, 'unsubscribed', %(detail)s FROM mails
+WHERE id = %(mail_id)s AND tenant_id = %(tenant_id)s
+  AND NOT EXISTS (
+      SELECT 1 FROM mail_events WHERE mail_id = %(mail_id)s AND kind = 'unsubscribed'
+  );
+
+-- name: add_manual_suppression
+-- An entry made through the API; an existing entry (any reason) stays as it is.
+INSERT INTO suppressions (tenant_id, email, reason, detail)
+VALUES (%(tenant_id)s, %(email)s, 'manual', %(detail)s)
+ON CONFLICT (tenant_id, email) DO NOTHING
+RETURNING email, reason, detail, mail_id, created_at;
+
+-- name: get_suppression
+-- One entry of a tenant's list.
+SELECT email, reason, detail, mail_id, created_at FROM suppressions
+WHERE tenant_id = %(tenant_id)s AND email = %(email)s;
+
+-- name: list_suppressions
+-- A page of a tenant's list by email, after an email cursor, optionally by reason.
+SELECT email, reason, detail, mail_id, created_at FROM suppressions
+WHERE tenant_id = %(tenant_id)s
+  AND (%(reason)s::text IS NULL OR reason = %(reason)s)
+  AND (%(after)s::text IS NULL OR email > %(after)s)
+ORDER BY email
+LIMIT %(limit)s;
+
+-- name: delete_suppression
+-- Remove an entry: mail to the address is sent again.
+DELETE FROM suppressions WHERE tenant_id = %(tenant_id)s AND email = %(email)s
+RETURNING email;
+
+-- ===== status webhooks =====
+
+-- name: insert_webhook
+-- A tenant's new webhook, unless it already has the maximum number (no row then).
+INSERT INTO webhooks (id, tenant_id, url, events, secret)
+SELECT %(id)s, %(tenant_id)s, %(url)s, %(events)s, %(secret)s
+WHERE (SELECT count(*) FROM webhooks
+       WHERE tenant_id = %(tenant_id)s AND deleted_at IS NULL) < %(max_webhooks)s
+RETURNING id, url, events, secret, created_at;
+
+-- name: list_webhooks_for_tenant
+-- A tenant's webhooks, oldest first, without their secrets.
+SELECT id, url, events, created_at FROM webhooks
+WHERE tenant_id = %(tenant_id)s AND deleted_at IS NULL
+ORDER BY created_at, id;
+
+-- name: delete_webhook
+-- Soft-delete a tenant's webhook; its pending deliveries fail instead of being sent.
+WITH deleted AS (
+    UPDATE webhooks SET deleted_at = now()
+    WHERE id = %(id)s AND tenant_id = %(tenant_id)s AND deleted_at IS NULL
+    RETURNING id
+), abandoned AS (
+    UPDATE webhook_deliveries SET status = 'failed', last_error = 'the webhook was deleted'
+    WHERE webhook_id IN (SELECT id FROM deleted) AND status = 'pending'
+)
+SELECT id FROM deleted;
+
+-- name: claim_due_webhook_deliveries
+-- The relay's claim: due pending deliveries, oldest first, skipping rows other relays hold;
+-- names why one is given up instead: its webhook was deleted (after the event's transaction
+-- began), or it is past the retry window and no worker attempted its last publish.
+SELECT d.id,
+       CASE
+           WHEN w.deleted_at IS NOT NULL THEN 'the webhook was deleted'
+           WHEN d.created_at < now() - make_interval(secs => %(retry_seconds)s)
+                AND d.attempts < d.dispatch_count
+               THEN 'no worker attempted it within ' || %(window)s::text
+       END AS abandon_reason
+FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.status = 'pending' AND d.available_at <= now()
+ORDER BY d.available_at
+LIMIT %(batch_size)s
+FOR UPDATE OF d SKIP LOCKED;
+
+-- name: lease_webhook_deliveries
+-- After publishing: due again only if no worker attempts them in time (doubling per
+-- publish no worker answered, at most max_lease).
+UPDATE webhook_deliveries
+SET available_at = now() + make_interval(secs => LEAST(
+        %(visibility_timeout)s * power(2, dispatch_count - attempts), %(max_lease)s)),
+    dispatch_count = dispatch_count + 1
+WHERE id = ANY(%(ids)s);
+
+-- name: abandon_webhook_deliveries
+-- Deliveries the relay gives up on become 'failed', each with its reason.
+UPDATE webhook_deliveries d SET status = 'failed', last_error = t.reason
+FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS t(id, reason)
+WHERE d.id = t.id AND d.status = 'pending';
+
+-- name: begin_webhook_attempt
+-- The worker's compare-and-set: at most one attempt per publish (a duplicate message
+-- is a no-op), only while pending and the webhook exists; leased for the attempt.
+UPDATE webhook_deliveries d
+SET attempts = d.attempts + 1, available_at = now() + make_interval(secs => %(lease)s)
+FROM webhooks w
+WHERE d.id = %(id)s AND d.status = 'pending' AND d.attempts < d.dispatch_count
+  AND w.id = d.webhook_id AND w.deleted_at IS NULL
+RETURNING d.id, d.attempts, d.payload, w.url, w.secret;
+
+-- name: record_webhook_delivered
+-- A 2xx answer to this attempt.
+UPDATE webhook_deliveries
+SET status = 'delivered', delivered_at = now(), last_status_code = %(status_code)s,
+    last_error = NULL
+WHERE id = %(id)s AND status = 'pending' AND attempts = %(attempt)s;
+
+-- name: record_webhook_failure
+-- A non-2xx answer, a timeout or a connection error: due again after the backoff, or
+-- 'failed' when the attempt came after the retry window since the event.
+UPDATE webhook_deliveries
+SET status = CASE WHEN created_at <= now() - make_interval(secs => %(retry_seconds)s)
+                  THEN 'failed' ELSE 'pending' END,
+    available_at = now() + make_interval(secs => %(delay)s),
+    last_status_code = %(status_code)s, last_error = %(error)s
+WHERE id = %(id)s AND status = 'pending' AND attempts = %(attempt)s
+RETURNING status, available_at;

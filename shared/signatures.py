@@ -4,8 +4,9 @@
 ``"<t>." + raw body``. Signing the timestamp with the body lets the receiver
 refuse old requests (replay protection) without keeping state. The header may
 carry several ``v1`` values (one per secret while a secret is being rotated);
-one matching value is enough. Used for incoming CDP events, and meant for our
-outgoing webhooks too: this module depends on nothing but the standard library.
+one matching value is enough. Used for incoming CDP events (the API verifies)
+and for outgoing status webhooks (the worker signs): this module depends on
+nothing but the standard library.
 """
 
 from __future__ import annotations
