@@ -10,8 +10,12 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
+import idna
+
 # Headers set as raw strings (only List-Unsubscribe) are written as they are.
-_POLICY = policy.SMTP.clone(refold_source="none")
+_POLICY = policy.SMTP.clone(refold_source="none", cte_type="7bit")
+# For a mail that needs SMTPUTF8: headers in UTF-8 (RFC 6532), not RFC 2047 words.
+_UTF8_POLICY = policy.SMTPUTF8.clone(refold_source="none")
 
 
 def message_id(mail_id: uuid.UUID | str, domain: str) -> str:
@@ -19,8 +23,22 @@ def message_id(mail_id: uuid.UUID | str, domain: str) -> str:
     return f"<{mail_id}@{domain}>"
 
 
+def smtp_address(email: str) -> str:
+    """The address as sent, in the envelope and the headers.
+
+    With an ASCII local part, a Unicode domain is written in IDNA form (xn--…), so
+    the mail needs no SMTPUTF8; a non-ASCII local part is kept as it is (SMTPUTF8).
+    """
+    local, _, domain = email.rpartition("@")
+    if domain.isascii() or not local.isascii():
+        return email
+    return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+
+
 def _address(mailbox: dict[str, Any]) -> Address:
-    return Address(display_name=mailbox.get("name") or "", addr_spec=mailbox["email"])
+    # username/domain, not addr_spec: the parser refuses a non-ASCII local part.
+    local, _, domain = smtp_address(mailbox["email"]).rpartition("@")
+    return Address(display_name=mailbox.get("name") or "", username=local, domain=domain)
 
 
 def envelope_recipients(request: dict[str, Any]) -> list[str]:
@@ -35,7 +53,7 @@ def compose(
     *,
     list_unsubscribe: str | None = None,
 ) -> EmailMessage:
-    message = EmailMessage(policy=_POLICY)
+    message = EmailMessage(policy=_UTF8_POLICY if needs_smtputf8(request) else _POLICY)
     message["From"] = _address(request["from"])
     message["To"] = [_address(m) for m in request["to"]]
     if request.get("cc"):
@@ -82,6 +100,7 @@ def _attach(message: EmailMessage, attachments: list[dict[str, Any]], *, has_htm
 
 
 def needs_smtputf8(request: dict[str, Any]) -> bool:
-    """Non-ASCII in an address (not a display name) needs the SMTPUTF8 extension."""
-    addresses = [request["from"]["email"], *envelope_recipients(request)]
-    return not all(address.isascii() for address in addresses)
+    """A non-ASCII local part (not a display name, not a domain) needs SMTPUTF8."""
+    reply_to = [request["reply_to"]["email"]] if request.get("reply_to") else []
+    addresses = [request["from"]["email"], *envelope_recipients(request), *reply_to]
+    return not all(smtp_address(address).isascii() for address in addresses)

@@ -37,7 +37,9 @@ def smtp_client(settings: Settings) -> SmtpClient:
     _reset_after_fork()
     if _smtp is None:
         assert settings.smtp is not None
-        _smtp = SmtpClient(settings.smtp, timeout=settings.smtp_timeout)
+        _smtp = SmtpClient(
+            settings.smtp, timeout=settings.smtp_timeout, ca_file=settings.smtp_ca_file or None
+        )
     return _smtp
 
 

@@ -114,7 +114,8 @@ def deliver_webhook(
 ) -> str:
     """Attempt one delivery if this message may; return what happened."""
     wanted = uuid.UUID(delivery_id)
-    with pool.connection() as conn:
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(QUERIES["lock_webhook_delivery"], {"id": wanted})
         delivery = conn.execute(
             QUERIES["begin_webhook_attempt"], {"id": wanted, "lease": policy.attempt_lease}
         ).fetchone()

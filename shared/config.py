@@ -52,6 +52,8 @@ class Settings:
     send_retry_base: float = 30.0
     queue_prefix: str = ""
     smtp_timeout: float = 30.0
+    # A PEM CA bundle that verifies the SMTP server's certificate instead of the system's.
+    smtp_ca_file: str = ""
     log_level: str = "INFO"
     # Per-API-key rate limit (token bucket in Redis); no URL means no rate limiting.
     rate_limit_url: str = ""
@@ -139,6 +141,12 @@ def _parse_queue_prefix(value: str) -> str:
     return value
 
 
+def _parse_ca_file(value: str) -> str:
+    if not os.path.isfile(value):
+        raise ValueError("expected the path of a PEM CA bundle (no such file)")
+    return value
+
+
 def _parse_log_level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -198,6 +206,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "send_retry_base": _positive(float),
     "queue_prefix": _parse_queue_prefix,
     "smtp_timeout": _positive(float),
+    "smtp_ca_file": _parse_ca_file,
     "log_level": _parse_log_level,
     "rate_limit_url": _parse_rate_limit_url,
     "rate_limit_rate": _positive(float),

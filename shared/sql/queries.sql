@@ -560,6 +560,11 @@ UPDATE webhook_deliveries d SET status = 'failed', last_error = t.reason
 FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS t(id, reason)
 WHERE d.id = t.id AND d.status = 'pending';
 
+-- name: lock_webhook_delivery
+-- Wait for a relay still committing this delivery's publish: without the lock, the
+-- compare-and-set below would read the row before that commit and skip it.
+SELECT id FROM webhook_deliveries WHERE id = %(id)s FOR UPDATE;
+
 -- name: begin_webhook_attempt
 -- The worker's compare-and-set: at most one attempt per publish (a duplicate message
 -- is a no-op), only while pending and the webhook exists; leased for the attempt.
