@@ -28,7 +28,8 @@ def pick_up(pool: DictPool, mail_id: uuid.UUID, worker: str) -> PickedMail | Non
     None if another delivery won, or if the mail is past ``expires_at`` (it then
     becomes ``expired``: never sent late).
     """
-    with pool.connection() as conn, conn.transaction():
+    # Pipeline mode: BEGIN, the lock and the compare-and-set travel in one round trip.
+    with pool.connection() as conn, conn.pipeline(), conn.transaction():
         conn.execute(QUERIES["lock_outbox_row"], {"mail_id": mail_id})
         row = conn.execute(
             QUERIES["begin_sending"],

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from shared.queries import QUERIES
 from shared.queues import QUEUE_PRIORITY
@@ -36,14 +37,11 @@ class QueueHealth:
 
 
 def pipeline_health(conn: psycopg.Connection, threshold: float) -> list[QueueHealth]:
-    rows = conn.execute(QUERIES["canary_health"], {"queues": list(QUEUE_PRIORITY)}).fetchall()
+    # Tuples whatever the connection's row factory (the API's pool returns dicts).
+    cursor = conn.cursor(row_factory=tuple_row)
+    rows = cursor.execute(QUERIES["canary_health"], {"queues": list(QUEUE_PRIORITY)}).fetchall()
     health = []
-    for row in rows:
-        queue, last_received, oldest_pending, now = (
-            (row["queue"], row["last_received"], row["oldest_pending"], row["now"])
-            if isinstance(row, dict)
-            else row
-        )
+    for queue, last_received, oldest_pending, now in rows:
         reference = last_received or oldest_pending
         if reference is None:
             health.append(QueueHealth(queue, "unknown", None, None))
