@@ -15,8 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from ingest_api.app import create_app
+from mail_worker.smtp import SmtpClient
 from shared.config import Settings, parse_smtp_url
-from shared.db import connect
+from shared.db import DictPool, connect, create_pool
 from shared.devstack.smtp_sink import SmtpSink
 from shared.migrate import migrate
 from shared.queries import QUERIES
@@ -209,3 +210,21 @@ def new_key(procs: Processes, tenant: str = "acme") -> str:
     """A tenant sending from example.com and its key, through the real console scripts."""
     procs.cli("ingest-api", "create-tenant", tenant, "--sender-domain", "example.com")
     return procs.cli("ingest-api", "create-key", tenant).strip().splitlines()[-1]
+
+
+@pytest.fixture
+def pool(settings: Settings) -> Iterator[DictPool]:
+    """A worker-style database pool over the test's database."""
+    pool = create_pool(settings, name="test", max_size=2)
+    pool.wait(timeout=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def smtp(settings: Settings) -> Iterator[SmtpClient]:
+    """The worker's SMTP client, pointed at the test's aiosmtpd server."""
+    assert settings.smtp is not None
+    client = SmtpClient(settings.smtp, timeout=5)
+    yield client
+    client.close()

@@ -26,7 +26,6 @@ from psycopg_pool import ConnectionPool
 from mail_worker.deliver import deliver
 from mail_worker.smtp import SmtpClient
 from shared.config import ConfigError, Settings, load_settings, parse_smtp_url
-from shared.db import create_pool
 from shared.devstack.smtp_sink import SmtpSink
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
@@ -34,14 +33,6 @@ from tests.services import free_port
 
 DOMAIN = "mail.test"
 USER, PASSWORD = "mailroom", "s3cret pass"
-
-
-@pytest.fixture
-def pool(settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings, name="test-smtp-delivery", max_size=2)
-    pool.wait(timeout=10)
-    yield pool
-    pool.close()
 
 
 class Recorder:

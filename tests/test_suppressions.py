@@ -21,7 +21,6 @@ from mail_worker.smtp import SmtpClient
 from mail_worker.suppression import UnsubscribeLinks
 from shared import unsubscribe_tokens
 from shared.config import ConfigError, Settings, load_settings, parse_smtp_url
-from shared.db import create_pool
 from shared.devstack.smtp_sink import SmtpSink
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
@@ -37,22 +36,6 @@ DOMAIN = "mail.test"
 def settings(settings: Settings) -> Settings:
     """conftest's settings with unsubscribe links configured (the app uses these)."""
     return replace(settings, public_url=PUBLIC_URL, unsubscribe_secret=SECRET)
-
-
-@pytest.fixture
-def pool(settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings, name="test-worker", max_size=2)
-    pool.wait(timeout=10)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def smtp(settings: Settings) -> Iterator[SmtpClient]:
-    assert settings.smtp is not None
-    client = SmtpClient(settings.smtp, timeout=5)
-    yield client
-    client.close()
 
 
 LINKS = UnsubscribeLinks(PUBLIC_URL, SECRET)

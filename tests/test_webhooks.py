@@ -28,7 +28,6 @@ from outbox_relay.webhook_dispatch import WebhookPolicy as RelayWebhookPolicy
 from outbox_relay.webhook_dispatch import webhook_round
 from shared import signatures
 from shared.config import Settings, load_settings
-from shared.db import create_pool
 from shared.devstack.smtp_sink import SmtpSink
 from shared.queries import QUERIES
 from shared.queues import (
@@ -114,14 +113,6 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver().start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def pool(settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings, name="test-webhooks", max_size=2)
-    pool.wait(timeout=10)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture

@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from email import message_from_bytes, policy
 
 import psycopg
-import pytest
 from aiosmtpd.controller import Controller
 from psycopg_pool import ConnectionPool
 
 from mail_worker.compose import compose, envelope_recipients
 from mail_worker.deliver import deliver
 from mail_worker.smtp import SmtpClient
-from shared.config import Settings, parse_smtp_url
-from shared.db import create_pool
+from shared.config import parse_smtp_url
 from shared.devstack.smtp_sink import SmtpSink
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of, stored_request
 from tests.services import free_port
 
 DOMAIN = "mail.test"
-
-
-@pytest.fixture
-def pool(settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings, name="test-worker", max_size=2)
-    pool.wait(timeout=10)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def smtp(settings: Settings) -> Iterator[SmtpClient]:
-    assert settings.smtp is not None
-    client = SmtpClient(settings.smtp, timeout=5)
-    yield client
-    client.close()
 
 
 def run(pool: ConnectionPool, smtp: SmtpClient, mail_id: uuid.UUID) -> str:
