@@ -45,7 +45,6 @@ import re
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,12 +60,22 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as MpEvent
 from multiprocessing.synchronize import Semaphore as MpSemaphore
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+from common import (  # bench/common.py
+    _console_script,
+    _database_url,
+    _free_port,
+    _int_list,
+    _machine_ticks,
+    _percentile,
+    _proc_ticks,
+    _process_tree,
+    _raise_keyboard_interrupt,
+    _run_cli,
+)
 from psycopg import pq, sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import DictRow, dict_row
@@ -283,32 +292,6 @@ def pgbench_script(
 # --------------------------------------------------------------------------- CPU accounting
 
 
-def _proc_ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks (0 if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in task.read_text().split():
-                pids.extend(_process_tree(int(child)))
-    return pids
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
 @dataclass
 class CpuSample:
     wall: float
@@ -488,14 +471,6 @@ def _load_process(
     )
 
 
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values (nan if there are none)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 @dataclass
 class HttpResult:
     clients: int
@@ -652,11 +627,6 @@ def run_pgbench(
 # --------------------------------------------------------------------------- setup and teardown
 
 
-def _database_url(admin_url: str, dbname: str) -> str:
-    parts = urlsplit(admin_url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
 @contextlib.contextmanager
 def temporary_database(admin_url: str) -> Iterator[str]:
     """A fresh database named mailroom_bench_<hex>; dropped on the way out, whatever happens."""
@@ -672,27 +642,6 @@ def temporary_database(admin_url: str) -> Iterator[str]:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
         print(f"dropped database {name}", flush=True)
-
-
-def _console_script(name: str) -> str:
-    path = Path(sys.executable).parent / name  # the venv's bin/, not resolved
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: run this with the project's virtualenv python")
-    return str(path)
-
-
-def _run_cli(argv: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_ready(name: str, proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
@@ -822,15 +771,7 @@ def redis_keys(url: str) -> Iterator[RedisKeys]:
         keys.client.close()
 
 
-def _raise_keyboard_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 # --------------------------------------------------------------------------- main
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(c) for c in text.split(",") if c.strip()]
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

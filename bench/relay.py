@@ -57,7 +57,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,12 +68,25 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, LiteralString
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
+from common import (  # bench/common.py
+    _console_script,
+    _cores,
+    _database_url,
+    _fmt,
+    _free_port,
+    _int_list,
+    _machine_ticks,
+    _percentile,
+    _proc_ticks,
+    _process_tree,
+    _raise_keyboard_interrupt,
+    _run_cli,
+)
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -142,32 +154,6 @@ MAIL_BODY: dict[str, Any] = {
 # --------------------------------------------------------------------------- processes and CPU
 
 
-def _proc_ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks (0 if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in task.read_text().split():
-                pids.extend(_process_tree(int(child)))
-    return pids
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
 class CpuMeter:
     """Cores used by named groups of processes between ``start()`` and ``stop()``."""
 
@@ -220,27 +206,6 @@ def _backend_pids(conn: psycopg.Connection[Any]) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
-def _console_script(name: str) -> str:
-    path = Path(sys.executable).parent / name  # the venv's bin/, not resolved
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: run this with the project's virtualenv python")
-    return str(path)
-
-
-def _run_cli(argv: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -287,11 +252,6 @@ def _check_alive(pids: dict[str, int], logs: dict[str, Path]) -> None:
 
 
 # --------------------------------------------------------------------------- databases and Redis
-
-
-def _database_url(admin_url: str, dbname: str) -> str:
-    parts = urlsplit(admin_url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
 class Databases:
@@ -948,14 +908,6 @@ def _wait_ready(port: int, pid: int, log: Path, timeout: float = 90.0) -> None:
     raise RuntimeError(f"ingest-api was not ready within {timeout:.0f} s:\n{_tail(log)}")
 
 
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values (nan if there are none)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def _ms_stats(values: Sequence[float]) -> dict[str, float | int]:
     ordered = sorted(values)
     return {
@@ -1163,10 +1115,6 @@ def _saturated(result: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- main
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(c) for c in text.split(",") if c.strip()]
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mails", type=int, default=20000, help="outbox rows per relay run")
@@ -1221,22 +1169,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_keyboard_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return round(numerator / denominator, 3)
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _cores(cpu: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
 
 
 def _print_relay_run(run: RelayRun) -> None:

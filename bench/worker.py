@@ -57,6 +57,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import (  # bench/common.py
+    _console_script,
+    _cores,
+    _fmt,
+    _free_port,
+    _process_tree,
+    _raise_keyboard_interrupt,
+    _run_cli,
+)
 from psycopg.rows import dict_row
 from relay import (  # bench/relay.py: throw-away databases, Redis prefix, processes
     CpuMeter,
@@ -64,13 +73,8 @@ from relay import (  # bench/relay.py: throw-away databases, Redis prefix, proce
     RedisKeys,
     _backend_pids,
     _check_alive,
-    _console_script,
     _find_py_spy,
-    _free_port,
-    _process_tree,
-    _raise_keyboard_interrupt,
     _redis_server_pid,
-    _run_cli,
     _tail,
     databases,
     redis_keys,
@@ -574,14 +578,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if set(args.sink_list) - {"smtp-sink", "aiosmtpd"}:
         parser.error("--sinks: smtp-sink and/or aiosmtpd")
     return args
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _cores(cpu: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
 
 
 def _print_rate(r: Rate) -> None:
