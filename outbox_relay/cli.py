@@ -1,6 +1,10 @@
-"""The ``outbox-relay`` command."""
+"""The ``outbox-relay`` command: the relay and its admin commands, one module each."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -10,15 +14,42 @@ from outbox_relay.commands.run import run
 from outbox_relay.commands.status import status
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """Bad arguments print one line (no usage block) and exit 2; an abort exits 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "outbox-relay"
+            click.echo(f"{command}: error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"outbox-relay: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("outbox-relay: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors)
 def cli() -> None:
     """The mailroom outbox relay and its admin commands."""
 
 
-cli.add_command(run)
-cli.add_command(migrate)
-cli.add_command(check)
-cli.add_command(status)
+for command in (run, migrate, check, status):
+    cli.add_command(command)
 
 
 def main() -> None:

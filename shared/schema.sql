@@ -29,7 +29,7 @@ CREATE TABLE mails (
     request     jsonb NOT NULL,
     status      text NOT NULL CHECK (status IN (
                     'scheduled', 'accepted', 'queued', 'sending', 'sent', 'retrying',
-                    'failed', 'dead', 'expired', 'cancelled', 'suppressed')),
+                    'failed', 'dead', 'expired', 'cancelled', 'suppressed', 'discarded')),
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text,
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -45,6 +45,9 @@ CREATE TABLE mails (
 CREATE INDEX mails_tenant_created_idx ON mails (tenant_id, created_at);
 CREATE INDEX mails_tenant_status_created_idx ON mails (tenant_id, status, created_at);
 CREATE INDEX mails_tags_idx ON mails USING gin (tags);
+-- Admin queries select across tenants by status and age (list, replay, dlq, purge, report).
+CREATE INDEX mails_status_created_idx ON mails (status, created_at);
+CREATE INDEX mails_created_idx ON mails (created_at);
 
 -- A row here means "this mail still has to reach a worker". The relay publishes
 -- due rows and pushes available_at forward by the visibility timeout (a lease
@@ -70,9 +73,14 @@ CREATE TABLE mail_events (
 );
 CREATE INDEX mail_events_mail_idx ON mail_events (mail_id, id);
 
+-- Except for retention: a transaction that sets mailroom.purge = 'on' (SET LOCAL,
+-- only 'outbox-relay purge' does) may delete.
 CREATE FUNCTION mail_events_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('mailroom.purge', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'mail_events is append-only';
 END;
 $$;
@@ -222,3 +230,29 @@ CREATE TRIGGER mail_events_webhooks
     FOR EACH ROW
     WHEN (NEW.kind IN ('sent', 'failed', 'dead', 'expired', 'suppressed', 'unsubscribed'))
     EXECUTE FUNCTION mail_events_enqueue_webhooks();
+
+-- A pause holds a stream, a tenant, or both (NULL = any) in the outbox: the relay's
+-- claim skips matching rows, so every relay honours a pause on its next poll.
+CREATE TABLE relay_pauses (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stream     text,
+    tenant_id  uuid REFERENCES tenants (id),
+    actor      text NOT NULL,
+    reason     text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX relay_pauses_scope_idx ON relay_pauses (
+    COALESCE(stream, ''), COALESCE(tenant_id, '00000000-0000-0000-0000-000000000000'));
+
+-- Who did what, when, with which arguments and result. Mail-level effects are also
+-- recorded as mail_events; this log holds actions that touch no mail (pause) or
+-- remove mails (purge).
+CREATE TABLE admin_actions (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    action     text NOT NULL,
+    actor      text NOT NULL,
+    arguments  jsonb NOT NULL DEFAULT '{}'::jsonb,
+    result     jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX admin_actions_created_idx ON admin_actions (created_at);

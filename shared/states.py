@@ -21,6 +21,7 @@ class MailStatus(StrEnum):
     EXPIRED = "expired"  # not sent before expires_at; never sent late
     CANCELLED = "cancelled"  # cancelled by the client before sending began
     SUPPRESSED = "suppressed"  # every recipient is on the suppression list
+    DISCARDED = "discarded"  # a dead mail an operator chose not to send, with the reason
 
 
 FINAL_STATUSES = frozenset(
@@ -31,6 +32,7 @@ FINAL_STATUSES = frozenset(
         MailStatus.EXPIRED,
         MailStatus.CANCELLED,
         MailStatus.SUPPRESSED,
+        MailStatus.DISCARDED,
     }
 )
 
@@ -60,13 +62,21 @@ TRANSITIONS: dict[MailStatus, frozenset[MailStatus]] = {
     MailStatus.RETRYING: frozenset(
         {MailStatus.SENDING, MailStatus.DEAD, MailStatus.EXPIRED, MailStatus.CANCELLED}
     ),
-    MailStatus.SENT: frozenset(),
-    MailStatus.FAILED: frozenset(),
-    MailStatus.DEAD: frozenset(),
+    # Final for the pipeline. Only an operator moves a mail on from here:
+    # 'outbox-relay replay' back to ACCEPTED (SENT only with --include-sent), and
+    # 'outbox-relay dlq discard' from DEAD to DISCARDED. Expired and cancelled
+    # mails are never sent: the first was time-sensitive, the second the client's choice.
+    MailStatus.SENT: frozenset({MailStatus.ACCEPTED}),
+    MailStatus.FAILED: frozenset({MailStatus.ACCEPTED}),
+    MailStatus.DEAD: frozenset({MailStatus.ACCEPTED, MailStatus.DISCARDED}),
     MailStatus.EXPIRED: frozenset(),
     MailStatus.CANCELLED: frozenset(),
-    MailStatus.SUPPRESSED: frozenset(),
+    MailStatus.SUPPRESSED: frozenset({MailStatus.ACCEPTED}),
+    MailStatus.DISCARDED: frozenset({MailStatus.ACCEPTED}),
 }
+
+# What 'outbox-relay replay' takes when --status is not given.
+REPLAY_BY_DEFAULT = (MailStatus.DEAD, MailStatus.FAILED)
 
 
 def can_move(current: MailStatus, target: MailStatus) -> bool:

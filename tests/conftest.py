@@ -11,11 +11,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 from flask import Flask
 from flask.testing import FlaskClient
 
 from ingest_api.app import create_app
 from mail_worker.smtp import SmtpClient
+from outbox_relay.cli import cli
 from shared.config import Settings, parse_smtp_url
 from shared.db import DictPool, connect, create_pool
 from shared.devstack.smtp_sink import SmtpSink
@@ -228,3 +230,8 @@ def smtp(settings: Settings) -> Iterator[SmtpClient]:
     client = SmtpClient(settings.smtp, timeout=5)
     yield client
     client.close()
+
+
+def run_relay_cli(settings: Settings, *args: str, input: str | None = None) -> Result:
+    """``outbox-relay ARGS`` in-process, through the real group (one-line errors, exit codes)."""
+    return CliRunner().invoke(cli, list(args), env=settings_env(settings), input=input)

@@ -125,6 +125,7 @@ def test_a_mail_older_than_the_maximum_age_becomes_dead(
 ) -> None:
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute("UPDATE mails SET created_at = now() - interval '2 days'")
+    db.execute("UPDATE outbox SET created_at = now() - interval '2 days'")
     result = dispatch_round(db, publisher, DispatchPolicy(10, 60, max_age=86400))
     assert (result.published, result.dead) == (0, 1)
     assert status_of(db, mail_id) == "dead"

@@ -100,18 +100,23 @@ SELECT kind, detail, created_at FROM mail_events
 WHERE mail_id = %(mail_id)s ORDER BY id;
 
 -- name: claim_due_outbox
--- The claim query: due rows of one queue, oldest first, skipping rows other relays hold;
--- flags mails past expires_at and rows out of dispatch attempts or age.
+-- The claim query: due rows of one queue, oldest first, skipping rows other relays hold
+-- and rows an operator paused (relay_pauses); flags mails past expires_at and rows out
+-- of dispatch attempts or age (counted from the row's creation, or send_at if later,
+-- so a retried or replayed mail gets a fresh age).
 SELECT o.id, o.mail_id, o.queue, o.dispatch_count,
        (m.expires_at IS NOT NULL AND m.expires_at <= now()) AS expired,
        CASE
            WHEN o.dispatch_count >= %(max_dispatches)s
                THEN 'no worker picked it up after ' || o.dispatch_count || ' dispatches'
-           WHEN COALESCE(m.send_at, m.created_at) < now() - make_interval(secs => %(max_age)s)
+           WHEN GREATEST(o.created_at, m.send_at) < now() - make_interval(secs => %(max_age)s)
                THEN 'not picked up within ' || %(max_age)s || ' seconds'
        END AS dead_reason
 FROM outbox o JOIN mails m ON m.id = o.mail_id
 WHERE o.queue = %(queue)s AND o.available_at <= now()
+  AND NOT EXISTS (SELECT 1 FROM relay_pauses p
+                  WHERE (p.stream IS NULL OR p.stream = m.stream)
+                    AND (p.tenant_id IS NULL OR p.tenant_id = m.tenant_id))
 ORDER BY o.available_at
 LIMIT %(batch_size)s
 FOR UPDATE OF o SKIP LOCKED;

@@ -1,0 +1,165 @@
+"""Argument types and options the admin commands share: times, durations, filters, actor."""
+
+from __future__ import annotations
+
+import getpass
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from shared.queues import STREAM_QUEUES
+from shared.states import MailStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``1h30m``, ``2w``; a bare number is seconds."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        return timedelta(seconds=float(value))
+    if not value or not re.fullmatch(rf"(?:{_DURATION_PART.pattern})+", value):
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 1h30m")
+    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+def parse_timestamp(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (UTC when it names no zone), ``now``, or a duration ago (``2h``)."""
+    value = text.strip()
+    current = now or datetime.now(UTC)
+    if value.lower() == "now":
+        return current
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return current - parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is neither an ISO 8601 time (2026-11-28T18:40) nor a duration ago (2h)"
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Duration(click.ParamType[timedelta]):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            duration = parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if duration <= timedelta(0):
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return duration
+
+
+class Timestamp(click.ParamType[datetime]):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_timestamp(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class StatusList(click.ParamType[tuple[MailStatus, ...]]):
+    """A comma-separated list of mail statuses, checked against the state machine."""
+
+    name = "statuses"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = [part.strip() for part in str(value).split(",") if part.strip()]
+        known = {status.value for status in MailStatus}
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            named = ", ".join(unknown) or "(none)"
+            self.fail(
+                f"unknown status {named}; one of {', '.join(sorted(known))}",
+                param,
+                ctx,
+            )
+        return tuple(MailStatus(name) for name in dict.fromkeys(names))
+
+
+class MailId(click.ParamType[uuid.UUID]):
+    name = "mail_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, uuid.UUID):
+            return value
+        try:
+            return uuid.UUID(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a mail id (a UUID)", param, ctx)
+
+
+DURATION = Duration()
+TIMESTAMP = Timestamp()
+STATUS_LIST = StatusList()
+MAIL_ID = MailId()
+STREAM = click.Choice(sorted(STREAM_QUEUES))
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")(
+        function
+    )
+
+
+def actor_option(function: F) -> F:
+    return click.option(
+        "--actor",
+        default=_os_user,
+        show_default="the OS user",
+        help="who is acting, recorded on every mail this changes",
+    )(function)
+
+
+def window_options(*, required: bool = False) -> Callable[[F], F]:
+    """--since/--until on the time a mail was accepted: ISO 8601 or a duration ago."""
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--until",
+            type=TIMESTAMP,
+            required=required,
+            help="accepted before this time",
+        )(function)
+        return click.option(
+            "--since",
+            type=TIMESTAMP,
+            required=required,
+            help="accepted at or after this time: ISO 8601 (UTC unless zoned) or a duration"
+            " ago like 2h",
+        )(function)
+
+    return decorate
+
+
+def scope_options(function: F) -> F:
+    """--tenant (name or id) and --stream."""
+    function = click.option("--stream", type=STREAM, help="only this stream")(function)
+    return click.option("--tenant", help="only this tenant (name or id)")(function)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,40 @@
+"""What every admin command does first: settings, one database connection, the tenant."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+import psycopg
+
+from outbox_relay.admin.filters import UnknownTenant, find_tenant
+from shared.cli_support import settings_or_exit
+from shared.config import Settings
+from shared.db import connect
+
+
+@contextmanager
+def admin_connection() -> Iterator[tuple[Settings, psycopg.Connection]]:
+    """An autocommit connection; a database that cannot be reached is one line and exit 1."""
+    settings = settings_or_exit("outbox-relay", ["database_url"])
+    try:
+        conn = connect(settings.database_url, timeout=settings.db_connect_timeout)
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"outbox-relay: cannot reach the database: {first_line}", err=True)
+        sys.exit(1)
+    with conn:
+        yield settings, conn
+
+
+def tenant_id_or_fail(conn: psycopg.Connection, tenant: str | None) -> uuid.UUID | None:
+    """The --tenant option resolved to an id; an unknown tenant is a usage error (exit 2)."""
+    if tenant is None:
+        return None
+    try:
+        return find_tenant(conn, tenant)[0]
+    except UnknownTenant as exc:
+        raise click.BadParameter(str(exc), param_hint="'--tenant'") from None
