@@ -9,8 +9,12 @@ from typing import Any
 import click
 
 from outbox_relay.commands.check import check
+from outbox_relay.commands.list_mails import list_command
 from outbox_relay.commands.migrate import migrate
+from outbox_relay.commands.pause import pause_command
+from outbox_relay.commands.resume import resume_command
 from outbox_relay.commands.run import run
+from outbox_relay.commands.show import show
 from outbox_relay.commands.status import status
 
 
@@ -48,7 +52,7 @@ def cli() -> None:
     """The mailroom outbox relay and its admin commands."""
 
 
-for command in (run, migrate, check, status):
+for command in (run, migrate, check, status, list_command, show, pause_command, resume_command):
     cli.add_command(command)
 
 

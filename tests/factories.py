@@ -35,11 +35,16 @@ def insert_mail(
     send_at: datetime | None = None,
     expires_at: datetime | None = None,
     stream: str = "transactional",
+    tags: tuple[str, ...] = (),
     **overrides: Any,
 ) -> uuid.UUID:
-    """One mail through the API's own ingest statement."""
+    """One mail through the API's own ingest statement; *overrides* change the request."""
     mail = NewMail(
-        stored_request(**overrides), stream=stream, send_at=send_at, expires_at=expires_at
+        stored_request(**overrides),
+        stream=stream,
+        send_at=send_at,
+        expires_at=expires_at,
+        tags=tags,
     )
     IngestTransaction(conn, tenant_id, "test", None).add_mails([mail])  # type: ignore[arg-type]
     return mail.id

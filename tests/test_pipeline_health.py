@@ -118,7 +118,7 @@ def test_status_exit_codes_follow_the_canaries(settings: Settings, db: psycopg.C
     assert healthy.exit_code == 0, healthy.output
     report = json.loads(healthy.output)
     assert report["verdict"] == "healthy"
-    assert set(report) == {"mails", "outbox", "canary", "verdict"}
+    assert set(report) == {"mails", "outbox", "by_tenant", "pauses", "canary", "verdict", "reasons"}
     db.execute("UPDATE canaries SET received_at = now() - interval '5 minutes'")
     broken = run_status(settings)
     assert broken.exit_code == 2

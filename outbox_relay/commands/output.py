@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ def echo_json(document: Mapping[str, Any]) -> None:
     click.echo(json.dumps(to_jsonable(document), sort_keys=False))
 
 
-def cell(value: Any) -> str:
+def cell(value: Any, limit: int | None = 60) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
@@ -38,12 +38,17 @@ def cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(cell(item) for item in value) or "-"
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
-def echo_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Rows as aligned columns, headed by the column names."""
-    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+def echo_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, wide: Collection[str] = ()
+) -> None:
+    """Rows as aligned columns, headed by the column names; *wide* columns are never cut."""
+    cells = [
+        [cell(row.get(column), None if column in wide else 60) for column in columns]
+        for row in rows
+    ]
     widths = [
         max([len(column)] + [len(line[index]) for line in cells])
         for index, column in enumerate(columns)

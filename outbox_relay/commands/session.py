@@ -30,11 +30,16 @@ def admin_connection() -> Iterator[tuple[Settings, psycopg.Connection]]:
         yield settings, conn
 
 
-def tenant_id_or_fail(conn: psycopg.Connection, tenant: str | None) -> uuid.UUID | None:
-    """The --tenant option resolved to an id; an unknown tenant is a usage error (exit 2)."""
+def tenant_or_fail(conn: psycopg.Connection, tenant: str | None) -> tuple[uuid.UUID, str] | None:
+    """The --tenant option resolved to (id, name); an unknown tenant is a usage error (exit 2)."""
     if tenant is None:
         return None
     try:
-        return find_tenant(conn, tenant)[0]
+        return find_tenant(conn, tenant)
     except UnknownTenant as exc:
         raise click.BadParameter(str(exc), param_hint="'--tenant'") from None
+
+
+def tenant_id_or_fail(conn: psycopg.Connection, tenant: str | None) -> uuid.UUID | None:
+    found = tenant_or_fail(conn, tenant)
+    return found[0] if found else None

@@ -2,62 +2,126 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
+import psycopg
+from psycopg.rows import dict_row
 
-from shared.cli_support import settings_or_exit
-from shared.db import connect
+from outbox_relay.admin.pauses import list_pauses
+from outbox_relay.commands.output import echo_json, echo_table
+from outbox_relay.commands.params import json_option
+from outbox_relay.commands.pause import print_pauses
+from outbox_relay.commands.session import admin_connection
 from shared.pipeline_health import pipeline_health
 from shared.queries import QUERIES
 
 HEALTHY, DEGRADED, BROKEN = 0, 1, 2
+VERDICTS = ("healthy", "degraded", "broken")
+SCOPE_COLUMNS = (
+    "tenant",
+    "stream",
+    "backlog",
+    "due",
+    "in_flight",
+    "oldest_undispatched_s",
+    "oldest_in_flight_s",
+    "retrying",
+    "dead",
+    "paused",
+    "mails",
+)
 
 
-def _gather(database_url: str, timeout: float, threshold: float) -> dict[str, Any]:
-    with connect(database_url, timeout=timeout) as conn:
-        counts = conn.execute(QUERIES["count_mails_by_stream_and_status"]).fetchall()
-        stats = conn.execute(QUERIES["outbox_stats"]).fetchone()
-        health = pipeline_health(conn, threshold)
+def _scope_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(QUERIES["status_by_tenant_and_stream"]).fetchall()
+    return [
+        {
+            "tenant": row["tenant"],
+            "stream": row["stream"],
+            "mails": row["by_status"],
+            "retrying": row["by_status"].get("retrying", 0),
+            "dead": row["by_status"].get("dead", 0),
+            "paused": row["paused"],
+            "outbox": {
+                "rows": row["outbox_rows"],
+                "due": row["due"],
+                "in_flight": row["in_flight"],
+                "oldest_undispatched_seconds": round(row["oldest_undispatched"], 1),
+                "oldest_in_flight_seconds": round(row["oldest_in_flight"], 1),
+            },
+        }
+        for row in rows
+    ]
+
+
+def _outbox_totals(conn: psycopg.Connection) -> dict[str, Any]:
+    stats = conn.execute(QUERIES["outbox_stats"]).fetchone()
     assert stats is not None
     due, total, in_flight, oldest_undispatched, oldest_in_flight = stats
-    mails: dict[str, dict[str, int]] = {}
-    for stream, status, count in counts:
-        mails.setdefault(stream, {})[status] = count
     return {
-        "mails": mails,
-        "outbox": {
-            "rows": total,
-            "due": due,
-            "in_flight": in_flight,
-            "oldest_undispatched_seconds": round(float(oldest_undispatched), 1),
-            "oldest_in_flight_seconds": round(float(oldest_in_flight), 1),
-        },
+        "rows": total,
+        "due": due,
+        "in_flight": in_flight,
+        "oldest_undispatched_seconds": round(float(oldest_undispatched), 1),
+        "oldest_in_flight_seconds": round(float(oldest_in_flight), 1),
+    }
+
+
+def _mails_by_stream(scopes: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+    for scope in scopes:
+        stream = totals.setdefault(scope["stream"], {})
+        for status, count in scope["mails"].items():
+            stream[status] = stream.get(status, 0) + count
+    return totals
+
+
+def gather(conn: psycopg.Connection, threshold: float) -> dict[str, Any]:
+    scopes = _scope_rows(conn)
+    return {
+        "mails": _mails_by_stream(scopes),
+        "outbox": _outbox_totals(conn),
+        "by_tenant": scopes,
+        "pauses": list_pauses(conn),
         "canary": {
             item.queue: {
                 "state": item.state,
                 "age_seconds": item.age_seconds,
                 "detail": item.reason,
             }
-            for item in health
+            for item in pipeline_health(conn, threshold)
         },
     }
 
 
-def verdict(report: dict[str, Any], threshold: float) -> int:
+def verdict(report: dict[str, Any], threshold: float) -> tuple[int, list[str]]:
+    """Broken when a canary is; degraded by anything an operator should look at."""
     states = {queue["state"] for queue in report["canary"].values()}
     if "broken" in states:
-        return BROKEN
+        broken = [
+            queue for queue, canary in report["canary"].items() if canary["state"] == "broken"
+        ]
+        return BROKEN, [f"canary broken on {', '.join(broken)}"]
+    reasons = []
+    if "unknown" in states:
+        reasons.append("no canary result yet")
+    if report["outbox"]["oldest_undispatched_seconds"] > threshold:
+        reasons.append(
+            f"outbox rows undispatched for {report['outbox']['oldest_undispatched_seconds']} s"
+        )
     dead = sum(stream.get("dead", 0) for stream in report["mails"].values())
-    if "unknown" in states or report["outbox"]["oldest_undispatched_seconds"] > threshold or dead:
-        return DEGRADED
-    return HEALTHY
+    if dead:
+        reasons.append(f"{dead} dead mail(s): outbox-relay dlq list")
+    if report["pauses"]:
+        reasons.append(f"{len(report['pauses'])} pause(s) in place: outbox-relay resume")
+    return (DEGRADED if reasons else HEALTHY), reasons
 
 
-def _print_table(report: dict[str, Any], code: int) -> None:
-    click.echo(f"pipeline: {('healthy', 'degraded', 'broken')[code]}")
+def _print_table(report: dict[str, Any], code: int, reasons: list[str]) -> None:
+    click.echo(f"pipeline: {VERDICTS[code]}" + (f" ({'; '.join(reasons)})" if reasons else ""))
     for queue, canary in report["canary"].items():
         click.echo(f"  canary {queue:<14} {canary['state']:<8} {canary['detail']}")
     outbox = report["outbox"]
@@ -66,20 +130,37 @@ def _print_table(report: dict[str, Any], code: int) -> None:
         f" oldest undispatched {outbox['oldest_undispatched_seconds']} s,"
         f" oldest in flight {outbox['oldest_in_flight_seconds']} s"
     )
-    for stream, statuses in report["mails"].items():
-        counts = ", ".join(f"{status} {count}" for status, count in statuses.items())
-        click.echo(f"mails {stream}: {counts}")
+    if report["pauses"]:
+        click.echo("paused ('-' = any):")
+        print_pauses(report["pauses"])
+    echo_table(
+        [_scope_cells(scope) for scope in report["by_tenant"]], SCOPE_COLUMNS, wide=("mails",)
+    )
+
+
+def _scope_cells(scope: dict[str, Any]) -> dict[str, Any]:
+    outbox = scope["outbox"]
+    return {
+        **scope,
+        "backlog": outbox["rows"],
+        "due": outbox["due"],
+        "in_flight": outbox["in_flight"],
+        "oldest_undispatched_s": outbox["oldest_undispatched_seconds"],
+        "oldest_in_flight_s": outbox["oldest_in_flight_seconds"],
+        "paused": "yes" if scope["paused"] else "",
+        "mails": " ".join(f"{status}={count}" for status, count in sorted(scope["mails"].items())),
+    }
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@json_option
 def status(as_json: bool) -> None:
-    """Counts by status, outbox backlog and ages, canary health."""
-    settings = settings_or_exit("outbox-relay", ["database_url"])
-    report = _gather(settings.database_url, settings.db_connect_timeout, settings.canary_threshold)
-    code = verdict(report, settings.canary_threshold)
+    """Per tenant and stream: counts by status, backlog and ages; canaries; pauses."""
+    with admin_connection() as (settings, conn):
+        report = gather(conn, settings.canary_threshold)
+    code, reasons = verdict(report, settings.canary_threshold)
     if as_json:
-        click.echo(json.dumps({**report, "verdict": ("healthy", "degraded", "broken")[code]}))
+        echo_json({**report, "verdict": VERDICTS[code], "reasons": reasons})
     else:
-        _print_table(report, code)
+        _print_table(report, code, reasons)
     sys.exit(code)

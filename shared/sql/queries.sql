@@ -314,10 +314,6 @@ INSERT INTO mail_events (mail_id, kind, detail)
 SELECT id, 'unroutable', jsonb_build_object('routing_key', %(routing_key)s::text)
 FROM mails WHERE id = %(mail_id)s;
 
--- name: count_mails_by_stream_and_status
--- For status: how many mails are in each state, per stream.
-SELECT stream, status, count(*) AS mails FROM mails GROUP BY stream, status ORDER BY stream, status;
-
 -- name: recover_abandoned_sends
 -- Mails a worker picked up but recorded no outcome for within the sending timeout
 -- (longer than the task's hard time limit, so that worker is gone): back to the outbox.
