@@ -15,6 +15,9 @@ OLDEST_UNDISPATCHED = Gauge(
 OLDEST_IN_FLIGHT = Gauge(
     "mailroom_outbox_oldest_in_flight_seconds", "Age of the oldest published, unpicked row"
 )
+PAUSES = Gauge(
+    "mailroom_relay_pauses", "Operator pauses (outbox-relay pause) holding mail in the outbox"
+)
 PUBLISHED = Counter("mailroom_relay_published_total", "Mail messages published", ["kind"])
 EXPIRED = Counter("mailroom_relay_expired_total", "Mails expired instead of published")
 DEAD = Counter("mailroom_relay_dead_total", "Mails given up on as dead")

@@ -70,6 +70,7 @@ class Relay:
         self._conn: psycopg.Connection | None = None
         self._listener: psycopg.Connection | None = None
         self._failures = 0
+        self._pauses_seen = 0
         self._periodic = [
             Periodic(settings.canary_interval, self._canary),
             Periodic(STATS_INTERVAL, self._stats),
@@ -189,6 +190,18 @@ class Relay:
         metrics.OUTBOX_IN_FLIGHT.set(in_flight)
         metrics.OLDEST_UNDISPATCHED.set(float(oldest_undispatched))
         metrics.OLDEST_IN_FLIGHT.set(float(oldest_in_flight))
+        self._notice_pauses()
+
+    def _notice_pauses(self) -> None:
+        """One log line when the set of pauses changes, so relay logs say why mail waits."""
+        row = self._connection().execute(QUERIES["count_relay_pauses"]).fetchone()
+        pauses = int(row[0]) if row else 0
+        metrics.PAUSES.set(pauses)
+        if pauses and pauses != self._pauses_seen:
+            log.warning("operator pauses hold mail in the outbox", extra={"pauses": pauses})
+        elif self._pauses_seen and not pauses:
+            log.info("no pause holds mail any more")
+        self._pauses_seen = pauses
 
     def _prune(self) -> None:
         self._connection().execute(QUERIES["prune_canaries"])

@@ -120,7 +120,7 @@ def test_a_running_relay_honours_pause_and_resume_on_its_next_poll(
     tenant: TenantKey,
     smtp_sink: SmtpSink,
 ) -> None:
-    procs.relay()
+    relay = procs.relay()
     procs.worker()
     assert run_relay_cli(settings, "pause", "--all", "--reason", "maintenance").exit_code == 0
     held = insert_mail(db, tenant.tenant_id)
@@ -130,6 +130,7 @@ def test_a_running_relay_honours_pause_and_resume_on_its_next_poll(
     assert status_of(db, held) == "accepted"
     assert outbox_rows(db) == 1
     assert smtp_sink.received == []
+    wait_until(lambda: "operator pauses hold mail in the outbox" in relay.log.read_text(), 15)
     assert run_relay_cli(settings, "resume", "--all").exit_code == 0
     (received,) = smtp_sink.wait_for(1, timeout=30)
     assert received.parsed()["Message-ID"] == f"<{held}@mail.test>"

@@ -97,3 +97,7 @@ SELECT t.name AS tenant, c.stream, c.by_status,
 FROM counts c JOIN tenants t ON t.id = c.tenant_id
 LEFT JOIN backlog b ON b.tenant_id = c.tenant_id AND b.stream = c.stream
 ORDER BY t.name, c.stream;
+
+-- name: count_relay_pauses
+-- For the relay's metrics and logs: how many pauses are in place.
+SELECT count(*) FROM relay_pauses;
