@@ -9,9 +9,13 @@ from typing import Any
 import click
 
 from outbox_relay.commands.check import check
+from outbox_relay.commands.dlq import dlq
 from outbox_relay.commands.list_mails import list_command
 from outbox_relay.commands.migrate import migrate
 from outbox_relay.commands.pause import pause_command
+from outbox_relay.commands.purge import purge
+from outbox_relay.commands.replay import replay_command
+from outbox_relay.commands.report import report
 from outbox_relay.commands.resume import resume_command
 from outbox_relay.commands.run import run
 from outbox_relay.commands.show import show
@@ -54,6 +58,12 @@ def cli() -> None:
 
 for command in (run, migrate, check, status, list_command, show, pause_command, resume_command):
     cli.add_command(command)
+# Retention and reconciliation (outbox_relay/commands/purge.py, report.py).
+cli.add_command(purge)
+cli.add_command(report)
+# Replay and the dead-letter queue (outbox_relay/commands/replay.py, dlq/).
+cli.add_command(replay_command)
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,38 @@ class RoundResult:
     error: PublishError | None = None
 
 
+@dataclass(frozen=True)
+class Pauses:
+    """What operators hold in the outbox (relay_pauses), as the claim's parameters."""
+
+    everything: bool = False
+    streams: tuple[str, ...] = ()
+    tenants: tuple[uuid.UUID, ...] = ()
+    pairs: tuple[str, ...] = ()  # "stream/tenant id"
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection) -> Pauses:
+        scopes = conn.execute(QUERIES["paused_scopes"]).fetchall()
+        return cls(
+            everything=any(stream is None and tenant is None for stream, tenant in scopes),
+            streams=tuple(stream for stream, tenant in scopes if tenant is None and stream),
+            tenants=tuple(tenant for stream, tenant in scopes if stream is None and tenant),
+            pairs=tuple(f"{stream}/{tenant}" for stream, tenant in scopes if stream and tenant),
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "pause_all": self.everything,
+            "paused_streams": list(self.streams),
+            "paused_tenants": list(self.tenants),
+            "paused_pairs": list(self.pairs),
+        }
+
+
 def _claim(conn: psycopg.Connection, policy: DispatchPolicy) -> list[tuple[Any, ...]]:
     """Fill the batch queue by queue, transactional first: a campaign burst waits."""
     rows: list[tuple[Any, ...]] = []
+    pauses = Pauses.load(conn).params()  # every round: a pause holds from the next poll on
     for queue in QUEUE_PRIORITY:
         wanted = policy.batch_size - len(rows)
         if wanted <= 0:
@@ -75,6 +105,7 @@ def _claim(conn: psycopg.Connection, policy: DispatchPolicy) -> list[tuple[Any, 
             "batch_size": wanted,
             "max_dispatches": policy.max_dispatches,
             "max_age": policy.max_age,
+            **pauses,
         }
         rows += conn.execute(QUERIES["claim_due_outbox"], params).fetchall()
     return rows

@@ -45,9 +45,10 @@ CREATE TABLE mails (
 CREATE INDEX mails_tenant_created_idx ON mails (tenant_id, created_at);
 CREATE INDEX mails_tenant_status_created_idx ON mails (tenant_id, status, created_at);
 CREATE INDEX mails_tags_idx ON mails USING gin (tags);
--- Admin queries select across tenants by status and age (list, replay, dlq, purge, report).
+-- Admin queries select across tenants by status and age (list, replay, dlq, purge, report);
+-- replay and discard walk a window in (created_at, id) order, batch after batch.
 CREATE INDEX mails_status_created_idx ON mails (status, created_at);
-CREATE INDEX mails_created_idx ON mails (created_at);
+CREATE INDEX mails_created_id_idx ON mails (created_at, id);
 
 -- A row here means "this mail still has to reach a worker". The relay publishes
 -- due rows and pushes available_at forward by the visibility timeout (a lease
@@ -72,6 +73,9 @@ CREATE TABLE mail_events (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX mail_events_mail_idx ON mail_events (mail_id, id);
+-- "Already replayed by this replay key": a rerun of a replay looks each candidate up here.
+CREATE INDEX mail_events_replay_idx ON mail_events ((detail->>'replay'), mail_id)
+    WHERE kind = 'replayed';
 
 -- Except for retention: a transaction that sets mailroom.purge = 'on' (SET LOCAL,
 -- only 'outbox-relay purge' does) may delete.

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from kombu import Connection
 
-from outbox_relay.dispatch import DispatchPolicy, dispatch_round
+from outbox_relay.dispatch import DispatchPolicy, Pauses, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
@@ -161,6 +161,7 @@ def test_concurrent_claims_never_share_a_row(
         second.transaction(),
     ):
         params = {"batch_size": 6, "queue": "transactional", "max_dispatches": 8, "max_age": 86400}
+        params |= Pauses().params()
         claimed_first = first.execute(claim, params).fetchall()
         claimed_second = second.execute(claim, params).fetchall()
     ids_first = {row[0] for row in claimed_first}

@@ -7,9 +7,13 @@ ALTER TABLE mails ADD CONSTRAINT mails_status_check CHECK (status IN (
     'scheduled', 'accepted', 'queued', 'sending', 'sent', 'retrying',
     'failed', 'dead', 'expired', 'cancelled', 'suppressed', 'discarded'));
 
--- Admin queries select across tenants by status and age (list, replay, dlq, purge, report).
+-- Admin queries select across tenants by status and age (list, replay, dlq, purge, report);
+-- replay and discard walk a window in (created_at, id) order, batch after batch.
 CREATE INDEX mails_status_created_idx ON mails (status, created_at);
-CREATE INDEX mails_created_idx ON mails (created_at);
+CREATE INDEX mails_created_id_idx ON mails (created_at, id);
+-- "Already replayed by this replay key": a rerun of a replay looks each candidate up here.
+CREATE INDEX mail_events_replay_idx ON mail_events ((detail->>'replay'), mail_id)
+    WHERE kind = 'replayed';
 
 -- A pause holds a stream, a tenant, or both (NULL = any) in the outbox: the relay's
 -- claim skips matching rows, so every relay honours a pause on its next poll.

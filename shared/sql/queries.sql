@@ -101,9 +101,11 @@ WHERE mail_id = %(mail_id)s ORDER BY id;
 
 -- name: claim_due_outbox
 -- The claim query: due rows of one queue, oldest first, skipping rows other relays hold
--- and rows an operator paused (relay_pauses); flags mails past expires_at and rows out
--- of dispatch attempts or age (counted from the row's creation, or send_at if later,
--- so a retried or replayed mail gets a fresh age).
+-- and rows an operator paused; flags mails past expires_at and rows out of dispatch
+-- attempts or age (counted from the row's creation, or send_at if later, so a retried
+-- or replayed mail gets a fresh age). Pauses come from paused_scopes as values, not a
+-- join: the planner then knows them, and a rarely analyzed relay_pauses table cannot
+-- turn this index scan into a scan of every mail.
 SELECT o.id, o.mail_id, o.queue, o.dispatch_count,
        (m.expires_at IS NOT NULL AND m.expires_at <= now()) AS expired,
        CASE
@@ -114,12 +116,17 @@ SELECT o.id, o.mail_id, o.queue, o.dispatch_count,
        END AS dead_reason
 FROM outbox o JOIN mails m ON m.id = o.mail_id
 WHERE o.queue = %(queue)s AND o.available_at <= now()
-  AND NOT EXISTS (SELECT 1 FROM relay_pauses p
-                  WHERE (p.stream IS NULL OR p.stream = m.stream)
-                    AND (p.tenant_id IS NULL OR p.tenant_id = m.tenant_id))
+  AND NOT %(pause_all)s::boolean
+  AND NOT m.stream = ANY(%(paused_streams)s::text[])
+  AND NOT m.tenant_id = ANY(%(paused_tenants)s::uuid[])
+  AND NOT (m.stream || '/' || m.tenant_id::text) = ANY(%(paused_pairs)s::text[])
 ORDER BY o.available_at
 LIMIT %(batch_size)s
 FOR UPDATE OF o SKIP LOCKED;
+
+-- name: paused_scopes
+-- Operator pauses (outbox-relay pause), read by the relay at the start of every round.
+SELECT stream, tenant_id FROM relay_pauses;
 
 -- name: bury_mails
 -- Mails the relay gives up on become 'dead' with the reason; replayable, never dropped.
