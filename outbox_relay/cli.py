@@ -56,14 +56,22 @@ def cli() -> None:
     """The mailroom outbox relay and its admin commands."""
 
 
-for command in (run, migrate, check, status, list_command, show, pause_command, resume_command):
+COMMANDS = (
+    run,
+    migrate,
+    check,
+    status,
+    list_command,
+    show,
+    replay_command,
+    dlq,
+    pause_command,
+    resume_command,
+    purge,
+    report,
+)
+for command in COMMANDS:
     cli.add_command(command)
-# Retention and reconciliation (outbox_relay/commands/purge.py, report.py).
-cli.add_command(purge)
-cli.add_command(report)
-# Replay and the dead-letter queue (outbox_relay/commands/replay.py, dlq/).
-cli.add_command(replay_command)
-cli.add_command(dlq)
 
 
 def main() -> None:
