@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from shared.config import Settings
 from tests.conftest import TenantKey, run_relay_cli
 from tests.factories import ALL_STATUSES, insert_mail, one_mail_in_every_state, put_in_state
+from tests.services import free_port
 
 SCOPE_KEYS = {"tenant", "stream", "mails", "retrying", "dead", "paused", "outbox"}
 
@@ -141,6 +143,14 @@ def test_show_of_an_unknown_mail_exits_1(settings: Settings, db: psycopg.Connect
     result = run_relay_cli(settings, "show", str(uuid.uuid4()))
     assert result.exit_code == 1
     assert result.stderr.startswith("outbox-relay: no mail ")
+
+
+def test_status_is_broken_when_the_database_cannot_be_reached(settings: Settings) -> None:
+    unreachable = replace(settings, database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    result = run_relay_cli(unreachable, "status")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("outbox-relay: cannot reach the database:")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,17 @@ def window_options(*, required: bool = False) -> Callable[[F], F]:
     return decorate
 
 
+def batch_size_option(default: int, what: str = "mails") -> Callable[[F], F]:
+    """--batch-size: how much one transaction of a batched command changes."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, 100_000),
+        default=default,
+        show_default=True,
+        help=f"{what} per transaction",
+    )
+
+
 def scope_options(function: F) -> F:
     """--tenant (name or id) and --stream."""
     function = click.option("--stream", type=STREAM, help="only this stream")(function)

@@ -15,7 +15,7 @@ from outbox_relay.admin.retention import (
     purge_finished,
 )
 from outbox_relay.commands.output import echo_json, echo_table
-from outbox_relay.commands.params import DURATION, actor_option, json_option
+from outbox_relay.commands.params import DURATION, actor_option, batch_size_option, json_option
 from outbox_relay.commands.session import admin_connection
 
 
@@ -26,13 +26,7 @@ from outbox_relay.commands.session import admin_connection
     required=True,
     help="delete what became final (or was stored) longer ago than this: 30d, 12h, 2w",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="mails (and keys, events) per transaction",
-)
+@batch_size_option(1000, "mails (and keys, events)")
 @click.option("--dry-run", is_flag=True, help="count what would be deleted, delete nothing")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @actor_option

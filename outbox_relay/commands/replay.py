@@ -33,6 +33,7 @@ from outbox_relay.commands.params import (
     DURATION,
     STATUS_LIST,
     actor_option,
+    batch_size_option,
     json_option,
     scope_options,
     window_options,
@@ -202,7 +203,7 @@ def execute_replay(
     if as_json:
         echo_json(replay_document(request, options, run))
     else:
-        print_replay(options, run)
+        print_summary(options, run, "replay")
     finish(run)
 
 
@@ -232,10 +233,12 @@ def replay_document(request: ReplayRequest, options: BatchOptions, run: BatchRun
     }
 
 
-def print_replay(options: BatchOptions, run: BatchRun) -> None:
+def print_summary(options: BatchOptions, run: BatchRun, verb: str) -> None:
+    """For a dry run the mails themselves, then 'replayed N' (or 'would replay N') and skips."""
     if options.dry_run:
         print_rows(run.changed)
-    click.echo(f"{'would replay' if options.dry_run else 'replayed'} {len(run.changed)}")
+    done = f"would {verb}" if options.dry_run else f"{verb.removesuffix('e')}ed"
+    click.echo(f"{done} {len(run.changed)}")
     print_skipped(run)
 
 
@@ -266,13 +269,7 @@ def confirm_resend(conn: psycopg.Connection, request: ReplayRequest, yes: bool) 
 @click.option("--dry-run", is_flag=True, help="change nothing; print what would be replayed")
 @click.option("--max-age", type=DURATION, help="skip mails accepted longer ago than this")
 @click.option("--limit", type=click.IntRange(min=1), help="replay at most this many mails")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 10_000),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="mails per transaction",
-)
+@batch_size_option(DEFAULT_BATCH_SIZE)
 @click.option("--include-sent", is_flag=True, help="also resend mails that were sent")
 @click.option("--yes", is_flag=True, help="do not ask before resending sent mails")
 @actor_option

@@ -17,15 +17,18 @@ from shared.db import connect
 
 
 @contextmanager
-def admin_connection() -> Iterator[tuple[Settings, psycopg.Connection]]:
-    """An autocommit connection; a database that cannot be reached is one line and exit 1."""
+def admin_connection(
+    unreachable_exit: int = 1,
+) -> Iterator[tuple[Settings, psycopg.Connection]]:
+    """An autocommit connection; a database that cannot be reached is one line and an exit
+    (1 by default; status says 2, broken, since the API cannot accept mail either)."""
     settings = settings_or_exit("outbox-relay", ["database_url"])
     try:
         conn = connect(settings.database_url, timeout=settings.db_connect_timeout)
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         click.echo(f"outbox-relay: cannot reach the database: {first_line}", err=True)
-        sys.exit(1)
+        sys.exit(unreachable_exit)
     with conn:
         yield settings, conn
 

@@ -156,7 +156,7 @@ def _scope_cells(scope: dict[str, Any]) -> dict[str, Any]:
 @json_option
 def status(as_json: bool) -> None:
     """Per tenant and stream: counts by status, backlog and ages; canaries; pauses."""
-    with admin_connection() as (settings, conn):
+    with admin_connection(unreachable_exit=BROKEN) as (settings, conn):
         report = gather(conn, settings.canary_threshold)
     code, reasons = verdict(report, settings.canary_threshold)
     if as_json:

@@ -16,6 +16,7 @@ from outbox_relay.commands.output import echo_json
 from outbox_relay.commands.params import (
     MAIL_ID,
     actor_option,
+    batch_size_option,
     json_option,
     scope_options,
     window_options,
@@ -25,8 +26,7 @@ from outbox_relay.commands.replay import (
     database_errors_exit_1,
     describe_selection,
     finish,
-    print_rows,
-    print_skipped,
+    print_summary,
     row_document,
     run_with_progress,
 )
@@ -61,7 +61,7 @@ def execute_discard(
     if as_json:
         echo_json(discard_document(selection, options, reason, run))
     else:
-        print_discard(options, run)
+        print_summary(options, run, "discard")
     finish(run)
 
 
@@ -81,25 +81,12 @@ def discard_document(
     }
 
 
-def print_discard(options: BatchOptions, run: BatchRun) -> None:
-    if options.dry_run:
-        print_rows(run.changed)
-    click.echo(f"{'would discard' if options.dry_run else 'discarded'} {len(run.changed)}")
-    print_skipped(run)
-
-
 @click.command("discard")
 @click.argument("mail_ids", nargs=-1, type=MAIL_ID)
 @click.option("--reason", required=True, help="why these mails will not be sent (recorded)")
 @window_options()
 @scope_options
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 10_000),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="mails per transaction",
-)
+@batch_size_option(DEFAULT_BATCH_SIZE)
 @click.option("--dry-run", is_flag=True, help="change nothing; print what would be discarded")
 @actor_option
 @json_option

@@ -13,6 +13,7 @@ from outbox_relay.commands.params import (
     DURATION,
     MAIL_ID,
     actor_option,
+    batch_size_option,
     json_option,
     scope_options,
     window_options,
@@ -48,13 +49,7 @@ def dead_letter_selection(
 @scope_options
 @click.option("--max-age", type=DURATION, help="skip mails accepted longer ago than this")
 @click.option("--limit", type=click.IntRange(min=1), help="retry at most this many mails")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 10_000),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="mails per transaction",
-)
+@batch_size_option(DEFAULT_BATCH_SIZE)
 @click.option("--dry-run", is_flag=True, help="change nothing; print what would be retried")
 @actor_option
 @json_option
