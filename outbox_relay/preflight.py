@@ -42,11 +42,19 @@ def check_database(settings: Settings) -> CheckResult:
     try:
         with connect(settings.database_url, timeout=settings.db_connect_timeout) as conn:
             pending = pending_migrations(conn)
+            pauses = 0 if pending else _pauses(conn)
     except psycopg.Error as exc:
         return CheckResult("database", False, f"unreachable: {exc}".strip())
     if pending:
         return CheckResult("database", False, f"not migrated: pending {', '.join(pending)}")
-    return CheckResult("database", True, "reachable and migrated")
+    # A pause is an operator's decision, not a fault; but a deploy should not miss it.
+    held = f"; {pauses} pause(s) hold mail (outbox-relay status)" if pauses else ""
+    return CheckResult("database", True, "reachable and migrated" + held)
+
+
+def _pauses(conn: psycopg.Connection) -> int:
+    row = conn.execute(QUERIES["count_relay_pauses"]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def check_broker(publisher: Publisher) -> CheckResult:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from outbox_relay.dispatch import DispatchPolicy, dispatch_round
+from outbox_relay.preflight import check_database
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.devstack.smtp_sink import SmtpSink
@@ -141,3 +142,11 @@ def canaries_received(db: psycopg.Connection) -> int:
     row = db.execute("SELECT count(*) FROM canaries WHERE received_at IS NOT NULL").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def test_preflight_names_pauses_without_failing(settings: Settings, db: psycopg.Connection) -> None:
+    assert check_database(settings).detail == "reachable and migrated"
+    assert run_relay_cli(settings, "pause", "--stream", "campaign").exit_code == 0
+    result = check_database(settings)
+    assert result.ok
+    assert result.detail == "reachable and migrated; 1 pause(s) hold mail (outbox-relay status)"
