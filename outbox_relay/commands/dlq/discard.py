@@ -11,6 +11,15 @@ import psycopg
 
 from outbox_relay.admin.dead_letters import discard
 from outbox_relay.admin.replay import DEFAULT_BATCH_SIZE, BatchOptions, BatchRun, Selection
+from outbox_relay.commands.batched import (
+    audit,
+    database_errors_exit_1,
+    describe_selection,
+    finish,
+    print_summary,
+    row_document,
+    run_with_progress,
+)
 from outbox_relay.commands.dlq.retry import dead_letter_selection
 from outbox_relay.commands.output import echo_json
 from outbox_relay.commands.params import (
@@ -20,15 +29,6 @@ from outbox_relay.commands.params import (
     json_option,
     scope_options,
     window_options,
-)
-from outbox_relay.commands.replay import (
-    audit,
-    database_errors_exit_1,
-    describe_selection,
-    finish,
-    print_summary,
-    row_document,
-    run_with_progress,
 )
 from outbox_relay.commands.session import admin_connection
 

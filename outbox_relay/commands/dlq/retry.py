@@ -9,6 +9,7 @@ import click
 import psycopg
 
 from outbox_relay.admin.replay import DEFAULT_BATCH_SIZE, BatchOptions, ReplayRequest, Selection
+from outbox_relay.commands.batched import check_window
 from outbox_relay.commands.params import (
     DURATION,
     MAIL_ID,
@@ -18,7 +19,7 @@ from outbox_relay.commands.params import (
     scope_options,
     window_options,
 )
-from outbox_relay.commands.replay import check_window, execute_replay
+from outbox_relay.commands.replay import execute_replay
 from outbox_relay.commands.session import admin_connection, tenant_id_or_fail
 from shared.states import MailStatus
 
