@@ -11,6 +11,12 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.jsonlog import configure_logging
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of an error (psycopg's carry DETAIL/HINT lines), for one-line output."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def settings_or_exit(service: str, require: Iterable[str]) -> Settings:
     try:
         settings = load_settings(require=tuple(require))

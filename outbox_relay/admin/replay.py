@@ -25,6 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from shared.cli_support import error_line
 from shared.queries import QUERIES
 from shared.queues import OUTBOX_CHANNEL
 from shared.states import MailStatus
@@ -197,7 +198,7 @@ def run_batches(
     except KeyboardInterrupt:
         run.interrupted = True
     except psycopg.Error as exc:
-        run.error = _first_line(exc)
+        run.error = error_line(exc)
 
 
 def _next_size(options: BatchOptions, changed: int) -> int:
@@ -223,8 +224,3 @@ def _wake_relays(conn: psycopg.Connection) -> None:
 
 def _utc_iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,15 +17,11 @@ import psycopg
 from outbox_relay.admin.audit import record_admin_action
 from outbox_relay.admin.replay import BatchOptions, BatchRun, Progress, Selection, count_selected
 from outbox_relay.commands.output import echo_table
+from shared.cli_support import error_line
 
 INTERRUPTED = 130
 
 ROW_COLUMNS = ("id", "tenant", "stream", "status", "created_at")
-
-
-def check_window(since: datetime | None, until: datetime | None) -> None:
-    if since is not None and until is not None and since >= until:
-        raise click.UsageError("--since must be before --until")
 
 
 @contextmanager
@@ -34,7 +30,7 @@ def database_errors_exit_1() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        click.echo(f"outbox-relay: database error: {_first_line(exc)}", err=True)
+        click.echo(f"outbox-relay: database error: {error_line(exc)}", err=True)
         sys.exit(1)
 
 
@@ -72,7 +68,7 @@ def audit(
     try:
         record_admin_action(conn, action, actor, arguments, result)
     except psycopg.Error as exc:
-        click.echo(f"outbox-relay: could not record the admin action: {_first_line(exc)}", err=True)
+        click.echo(f"outbox-relay: could not record the admin action: {error_line(exc)}", err=True)
 
 
 def finish(run: BatchRun) -> None:
@@ -122,8 +118,3 @@ def print_summary(options: BatchOptions, run: BatchRun, verb: str) -> None:
 
 def _iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat() if value is not None else "-"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

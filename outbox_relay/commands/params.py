@@ -163,6 +163,14 @@ def batch_size_option(default: int, what: str = "mails") -> Callable[[F], F]:
     )
 
 
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """An empty or inverted window is a usage error (exit 2), not an empty result."""
+    if since is not None and until is not None and since >= until:
+        raise click.UsageError(
+            f"--since must be before --until (got {since.isoformat()} and {until.isoformat()})"
+        )
+
+
 def scope_options(function: F) -> F:
     """--tenant (name or id) and --stream."""
     function = click.option("--stream", type=STREAM, help="only this stream")(function)

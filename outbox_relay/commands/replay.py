@@ -25,7 +25,6 @@ from outbox_relay.admin.replay import (
 )
 from outbox_relay.commands.batched import (
     audit,
-    check_window,
     database_errors_exit_1,
     describe_selection,
     finish,
@@ -39,6 +38,7 @@ from outbox_relay.commands.params import (
     STATUS_LIST,
     actor_option,
     batch_size_option,
+    check_window,
     json_option,
     scope_options,
     window_options,

@@ -10,7 +10,12 @@ import click
 from outbox_relay.admin.filters import find_tenant
 from outbox_relay.admin.reconciliation import ReportScope, reconcile
 from outbox_relay.commands.output import cell, echo_json, echo_table
-from outbox_relay.commands.params import json_option, scope_options, window_options
+from outbox_relay.commands.params import (
+    check_window,
+    json_option,
+    scope_options,
+    window_options,
+)
 from outbox_relay.commands.session import admin_connection, tenant_id_or_fail
 
 NOT_FINAL_COLUMNS = ("id", "tenant", "stream", "status", "created_at", "updated_at", "last_error")
@@ -24,12 +29,7 @@ def report(
     since: datetime, until: datetime, tenant: str | None, stream: str | None, as_json: bool
 ) -> None:
     """Reconcile a window: accepted, by status, final, and every mail not final yet."""
-    if since >= until:
-        raise click.BadParameter(
-            f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})",
-            ctx=click.get_current_context(),
-            param_hint="'--since'",
-        )
+    check_window(since, until)
     with admin_connection() as (_settings, conn):
         tenant_id = tenant_id_or_fail(conn, tenant)
         # The name, also when the operator gave the id: the report goes to a customer.

@@ -11,7 +11,7 @@ import click
 import psycopg
 
 from outbox_relay.admin.filters import UnknownTenant, find_tenant
-from shared.cli_support import settings_or_exit
+from shared.cli_support import error_line, settings_or_exit
 from shared.config import Settings
 from shared.db import connect
 
@@ -26,8 +26,7 @@ def admin_connection(
     try:
         conn = connect(settings.database_url, timeout=settings.db_connect_timeout)
     except psycopg.OperationalError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"outbox-relay: cannot reach the database: {first_line}", err=True)
+        click.echo(f"outbox-relay: cannot reach the database: {error_line(exc)}", err=True)
         sys.exit(unreachable_exit)
     with conn:
         yield settings, conn

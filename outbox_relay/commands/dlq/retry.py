@@ -9,12 +9,12 @@ import click
 import psycopg
 
 from outbox_relay.admin.replay import DEFAULT_BATCH_SIZE, BatchOptions, ReplayRequest, Selection
-from outbox_relay.commands.batched import check_window
 from outbox_relay.commands.params import (
     DURATION,
     MAIL_ID,
     actor_option,
     batch_size_option,
+    check_window,
     json_option,
     scope_options,
     window_options,
