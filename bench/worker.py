@@ -477,8 +477,8 @@ _FRAME = re.compile(r"^(?P<name>.*) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
 PROFILE_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pick_up: lock outbox row, UPDATE to sending (1 txn)", ("pick_up (mail_worker/pickup.py",)),
     ("screen: suppression list query", ("screen (mail_worker/suppression.py",)),
-    ("compose: build the MIME message", ("compose (mail_worker/compose.py",)),
-    ("as_bytes: serialise the MIME message", ("as_bytes (",)),
+    ("compose: build and serialise the MIME message", ("compose (mail_worker/compose.py",)),
+    ("wire check: parse the bytes back twice", ("check_wire (mail_worker/wire_check.py",)),
     ("SMTP: RSET before each mail", ("rset (",)),
     ("SMTP: connect + EHLO", ("_open (mail_worker/smtp.py",)),
     ("SMTP: MAIL/RCPT/DATA", ("_transaction (mail_worker/smtp.py",)),
@@ -660,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["postgres"] = {"version": server[0], "synchronous_commit": server[1]}
         tenant = Tenant(id=row[0], name=TENANT, sender_domains=(SENDER_DOMAIN,))
         template = template_mail(tenant)
-        data = compose(template.id, template.request, MESSAGE_ID_DOMAIN).as_bytes()
+        data = compose(template.id, template.request, MESSAGE_ID_DOMAIN)
         figures["message_bytes"] = len(data)
         print(
             f"the mail: {len(data)} bytes as composed by the worker (text {len(MAIL_BODY['text'])}"

@@ -21,16 +21,18 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from mail_worker.compose import compose, needs_smtputf8
+from mail_worker.compose import compose, message_id, needs_smtputf8
 from mail_worker.pickup import PickedMail, pick_up
 from mail_worker.retry import decide
 from mail_worker.smtp import SmtpClient, SmtpFailure
 from mail_worker.suppression import (
+    Screened,
     UnsubscribeLinks,
     list_unsubscribe_url,
     record_hard_bounces,
     screen,
 )
+from mail_worker.wire_check import WireCheckFailed, check_wire
 from shared.db import DictPool
 from shared.jsonlog import mail_context
 from shared.queries import QUERIES
@@ -38,6 +40,8 @@ from shared.states import MailStatus
 from shared.unsubscribe_tokens import UnsubscribeSecretMissing
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_LENGTH = 1000
 
 
 def _finish(
@@ -148,26 +152,72 @@ def deliver(
             log.error("campaign mail not sent", extra={"error": str(exc)})
             failure = SmtpFailure(str(exc), transient=True)  # sent once the secret is set
             return _after_failure(pool, mail, failure, retry or RetryPolicy())
-        message = compose(mail.id, mail.request, message_id_domain, list_unsubscribe=link)
-        try:
-            reply = smtp.send(
-                mail.request["from"]["email"],
-                screened.recipients,
-                message.as_bytes(),
-                smtputf8=needs_smtputf8(mail.request),
-            )
-        except SmtpFailure as exc:
-            log.warning("send failed", extra={"error": str(exc), "transient": exc.transient})
-            return _after_failure(pool, mail, exc, retry or RetryPolicy())
-        detail: dict[str, Any] = {
-            "smtp_reply": f"{reply.code} {reply.text}",
-            "refused": reply.refused,
-        }
-        if screened.suppressed:
-            detail["suppressed"] = screened.suppressed
-        _finish(pool, mail, MailStatus.SENT, detail, None, refused=reply.refused)
-        log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})
-        return MailStatus.SENT.value
+        return _send(
+            pool, smtp, mail,
+            screened=screened, link=link, message_id_domain=message_id_domain, retry=retry,
+        )  # fmt: skip
+
+
+def _send(
+    pool: DictPool,
+    smtp: SmtpClient,
+    mail: PickedMail,
+    *,
+    screened: Screened,
+    link: str | None,
+    message_id_domain: str,
+    retry: RetryPolicy | None,
+) -> str:
+    """Compose, check and send a picked-up mail; every way out is a recorded state."""
+    retry = retry or RetryPolicy()
+    try:
+        raw = wire_bytes(mail, message_id_domain, link)
+    except Exception as exc:  # deterministic: the same mail would fail the same way
+        reason = "unsafe_on_the_wire" if isinstance(exc, WireCheckFailed) else "compose_failed"
+        error = f"{reason}: {type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+        _finish(pool, mail, MailStatus.FAILED, {"reason": reason, "error": error}, error)
+        log.error("mail not sent", extra={"reason": reason, "error": error})
+        return MailStatus.FAILED.value
+    try:
+        reply = smtp.send(
+            mail.request["from"]["email"],
+            screened.recipients,
+            raw,
+            smtputf8=needs_smtputf8(mail.request),
+        )
+    except SmtpFailure as exc:
+        log.warning("send failed", extra={"error": str(exc), "transient": exc.transient})
+        return _after_failure(pool, mail, exc, retry)
+    except Exception as exc:  # not an SMTP answer: retried, and counted, like a timeout
+        smtp.close()  # the connection's state is unknown
+        log.exception("send step raised")
+        failure = SmtpFailure(f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH], transient=True)
+        return _after_failure(pool, mail, failure, retry)
+    detail: dict[str, Any] = {
+        "smtp_reply": f"{reply.code} {reply.text}",
+        "refused": reply.refused,
+    }
+    if screened.suppressed:
+        detail["suppressed"] = screened.suppressed
+    _finish(pool, mail, MailStatus.SENT, detail, None, refused=reply.refused)
+    log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})
+    return MailStatus.SENT.value
+
+
+def wire_bytes(mail: PickedMail, message_id_domain: str, list_unsubscribe: str | None) -> bytes:
+    """The mail as SMTP will carry it, checked against what was accepted.
+
+    Raises ComposeError or WireCheckFailed (or any error of the standard library's
+    MIME code): all deterministic, so the caller fails the mail at once.
+    """
+    raw = compose(mail.id, mail.request, message_id_domain, list_unsubscribe=list_unsubscribe)
+    check_wire(
+        raw,
+        mail.request,
+        message_id=message_id(mail.id, message_id_domain),
+        list_unsubscribe=list_unsubscribe,
+    )
+    return raw
 
 
 def record_canary(pool: DictPool, canary_id: str, worker: str) -> None:

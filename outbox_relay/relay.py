@@ -173,7 +173,11 @@ class Relay:
             log.warning("released in-flight rows after recovery", extra={"count": released})
 
     def _recover_abandoned_sends(self) -> None:
-        params = {"sending_timeout": self.settings.sending_timeout}
+        params = {
+            "sending_timeout": self.settings.sending_timeout,
+            "max_attempts": self.settings.send_max_attempts,
+            "retry_base": self.settings.send_retry_base,
+        }
         recovered = self._connection().execute(QUERIES["recover_abandoned_sends"], params).rowcount
         if recovered:
             metrics.ABANDONED.inc(recovered)

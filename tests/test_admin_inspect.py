@@ -14,7 +14,7 @@ from tests.conftest import TenantKey, run_relay_cli
 from tests.factories import ALL_STATUSES, insert_mail, one_mail_in_every_state, put_in_state
 from tests.services import free_port
 
-SCOPE_KEYS = {"tenant", "stream", "mails", "retrying", "dead", "paused", "outbox"}
+SCOPE_KEYS = {"tenant", "stream", "mails", "retrying", "failing", "dead", "paused", "outbox"}
 
 
 def healthy_canaries(db: psycopg.Connection) -> None:

@@ -125,20 +125,60 @@ def test_status_exit_codes_follow_the_canaries(settings: Settings, db: psycopg.C
     assert "pipeline: broken" in broken.output
 
 
-def test_a_mail_whose_worker_was_lost_goes_back_to_the_outbox(
+def test_a_mail_whose_worker_was_lost_goes_back_to_the_outbox_after_a_backoff(
     db: psycopg.Connection, tenant: TenantKey, settings: Settings
 ) -> None:
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute("DELETE FROM outbox")
-    db.execute("UPDATE mails SET status = 'sending', updated_at = now() - interval '10 minutes'")
-    relay = Relay(replace(settings, sending_timeout=300))
+    db.execute(
+        "UPDATE mails SET status = 'sending', attempts = 1,"
+        " updated_at = now() - interval '10 minutes'"
+    )
+    relay = Relay(replace(settings, sending_timeout=300, send_retry_base=30))
     relay._recover_abandoned_sends()
     relay._close()
     assert status_of(db, mail_id) == "retrying"
     assert event_kinds(db, mail_id) == ["accepted", "retrying"]
-    assert db.execute("SELECT mail_id, available_at <= now() FROM outbox").fetchall() == [
-        (mail_id, True)
-    ]
+    delay = db.execute(
+        "SELECT mail_id, extract(epoch FROM available_at - now()) FROM outbox"
+    ).fetchall()
+    assert [row[0] for row in delay] == [mail_id]
+    assert 20 <= float(delay[0][1]) <= 31, "the first attempt's backoff, like a transient failure"
+
+
+def test_a_mail_that_keeps_losing_its_worker_is_dead_at_the_attempt_limit(
+    db: psycopg.Connection, tenant: TenantKey, settings: Settings
+) -> None:
+    """A mail that kills every worker taking it (a poison mail) cannot loop forever."""
+    mail_id = insert_mail(db, tenant.tenant_id)
+    db.execute("DELETE FROM outbox")
+    db.execute(
+        "UPDATE mails SET status = 'sending', attempts = 3,"
+        " updated_at = now() - interval '10 minutes'"
+    )
+    relay = Relay(replace(settings, sending_timeout=300, send_max_attempts=3))
+    relay._recover_abandoned_sends()
+    relay._close()
+    row = db.execute("SELECT status, last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
+    assert row is not None and row[0] == "dead"
+    assert row[1].startswith("gave up after 3 attempts"), row[1]
+    assert event_kinds(db, mail_id) == ["accepted", "dead"]
+    assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def test_status_reports_mails_that_keep_failing(
+    db: psycopg.Connection, tenant: TenantKey, settings: Settings
+) -> None:
+    add_canary(db, "transactional", published_ago=1, received_ago=0.5)
+    add_canary(db, "campaign", published_ago=1, received_ago=0.5)
+    mail_id = insert_mail(db, tenant.tenant_id)
+    assert run_status(settings).exit_code == 0
+    db.execute("UPDATE mails SET status = 'retrying', attempts = 2 WHERE id = %s", (mail_id,))
+    result = run_status(settings, "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert [scope["failing"] for scope in report["by_tenant"]] == [1]
+    assert any("2 or more attempts" in reason for reason in report["reasons"]), report["reasons"]
 
 
 def test_a_slow_send_within_the_timeout_is_left_alone(

@@ -35,7 +35,7 @@ def test_compose_builds_alternatives_with_deterministic_message_id() -> None:
         subject="Grüße, " + "lang " * 300,
         headers={"X-Campaign": "spring"},
     )
-    raw = compose(mail_id, request, DOMAIN).as_bytes()
+    raw = compose(mail_id, request, DOMAIN)
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["Message-ID"] == f"<{mail_id}@{DOMAIN}>"
     assert parsed["Date"]
@@ -57,7 +57,7 @@ def test_compose_builds_alternatives_with_deterministic_message_id() -> None:
 
 
 def test_html_only_mail_is_a_single_html_part() -> None:
-    raw = compose(uuid.uuid4(), stored_request(text=None), DOMAIN).as_bytes()
+    raw = compose(uuid.uuid4(), stored_request(text=None), DOMAIN)
     assert message_from_bytes(raw, policy=policy.default).get_content_type() == "text/html"
 
 
@@ -179,9 +179,7 @@ def test_attachments_and_inline_images_are_built_into_mixed_and_related_parts() 
              "content_type": "image/png", "content_id": "logo@mail"},
         ],
     )  # fmt: skip
-    parsed = message_from_bytes(
-        compose(uuid.uuid4(), request, DOMAIN).as_bytes(), policy=policy.default
-    )
+    parsed = message_from_bytes(compose(uuid.uuid4(), request, DOMAIN), policy=policy.default)
     assert parsed.get_content_type() == "multipart/mixed"
     attachments = list(parsed.iter_attachments())
     assert [(a.get_filename(), a.get_content()) for a in attachments] == [

@@ -28,6 +28,7 @@ SCOPE_COLUMNS = (
     "oldest_undispatched_s",
     "oldest_in_flight_s",
     "retrying",
+    "failing",
     "dead",
     "paused",
     "mails",
@@ -43,6 +44,7 @@ def _scope_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
             "stream": row["stream"],
             "mails": row["by_status"],
             "retrying": row["by_status"].get("retrying", 0),
+            "failing": row["failing"],
             "dead": row["by_status"].get("dead", 0),
             "paused": row["paused"],
             "outbox": {
@@ -111,6 +113,12 @@ def verdict(report: dict[str, Any], threshold: float) -> tuple[int, list[str]]:
     if report["outbox"]["oldest_undispatched_seconds"] > threshold:
         reasons.append(
             f"outbox rows undispatched for {report['outbox']['oldest_undispatched_seconds']} s"
+        )
+    failing = sum(scope["failing"] for scope in report["by_tenant"])
+    if failing:
+        reasons.append(
+            f"{failing} mail(s) still unsent after 2 or more attempts:"
+            " outbox-relay list --status retrying"
         )
     dead = sum(stream.get("dead", 0) for stream in report["mails"].values())
     if dead:

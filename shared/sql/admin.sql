@@ -67,10 +67,14 @@ ORDER BY p.created_at, p.id;
 -- ===== status =====
 
 -- name: status_by_tenant_and_stream
--- Per tenant and stream: mails by status, the outbox backlog and its ages, and whether paused.
+-- Per tenant and stream: mails by status, the outbox backlog and its ages, whether paused,
+-- and how many mails the pipeline still owns after a failed attempt (they keep failing).
 WITH counts AS (
-    SELECT tenant_id, stream, jsonb_object_agg(status, mails) AS by_status
-    FROM (SELECT tenant_id, stream, status, count(*) AS mails
+    SELECT tenant_id, stream, jsonb_object_agg(status, mails) AS by_status,
+           sum(failing)::bigint AS failing
+    FROM (SELECT tenant_id, stream, status, count(*) AS mails,
+                 count(*) FILTER (WHERE attempts >= 2 AND status IN
+                                  ('accepted', 'queued', 'sending', 'retrying')) AS failing
           FROM mails GROUP BY tenant_id, stream, status) AS c
     GROUP BY tenant_id, stream
 ), backlog AS (
@@ -86,7 +90,7 @@ WITH counts AS (
     FROM outbox o JOIN mails m ON m.id = o.mail_id
     GROUP BY m.tenant_id, m.stream
 )
-SELECT t.name AS tenant, c.stream, c.by_status,
+SELECT t.name AS tenant, c.stream, c.by_status, c.failing,
        COALESCE(b.outbox_rows, 0) AS outbox_rows, COALESCE(b.due, 0) AS due,
        COALESCE(b.in_flight, 0) AS in_flight,
        COALESCE(b.oldest_undispatched, 0)::float8 AS oldest_undispatched,
