@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import formataddr
+from email.headerregistry import Address
 from typing import Any
 
 from marshmallow import ValidationError
@@ -36,8 +36,19 @@ class Recipient:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def mailbox_object(self) -> dict[str, Any]:
+        """The recipient as the ``to`` of a mail: an object, so that the name is taken
+        exactly as given and any address (a non-ASCII local part too) is allowed."""
+        return {"email": self.email, "name": self.name}
+
+    @property
     def mailbox(self) -> str:
-        return formataddr((self.name, self.email)) if self.name else self.email
+        """``Name <address>`` for display (the preview), quoted so that it parses back
+        to the same name and address; only for a recipient already validated."""
+        if not self.name:
+            return self.email
+        username, _at, domain = self.email.rpartition("@")
+        return str(Address(display_name=self.name, username=username, domain=domain))
 
 
 def template_context(data: Mapping[str, Any], recipient: Recipient) -> dict[str, Any]:
@@ -67,7 +78,7 @@ def rendered_fields(
         raise ValidationError({exc.field: [exc.message]}) from None
     body: dict[str, Any] = {
         "from": rendered["from"],
-        "to": [recipient.mailbox],
+        "to": [recipient.mailbox_object],
         "subject": rendered["subject"],
         "headers": rendered["headers"],
     }
@@ -78,8 +89,20 @@ def rendered_fields(
 
 
 def _recipient_errors(error: ValidationError) -> dict[str, Any]:
-    """SendMailSchema's ``to`` is the recipient's ``email`` here."""
-    return {("email" if key == "to" else key): value for key, value in field_errors(error).items()}
+    """SendMailSchema's ``to`` is the recipient's ``email`` and ``name`` here."""
+    errors: dict[str, Any] = {}
+    for key, value in field_errors(error).items():
+        if key != "to":
+            errors[key] = value
+            continue
+        # {"0": {"email": [...]}} or {"0": {"name": [...]}} from the object form of the
+        # only mailbox of "to", or a list of messages about the whole list.
+        only = value.get(0, value) if isinstance(value, dict) else value
+        if isinstance(only, dict):
+            errors.update(only)
+        else:
+            errors["email"] = only
+    return errors
 
 
 def campaign_mail(

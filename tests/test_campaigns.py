@@ -89,13 +89,13 @@ def test_put_of_a_missing_campaign_is_404(client: FlaskClient, tenant: TenantKey
     [
         ({"subject": "Hi {{ name "}, "subject", "line 1"),
         ({"html": "{% if x %}<p>"}, "html", "endif"),
-        ({"text": "{{ x|no_such_filter }}"}, "text", "No filter named 'no_such_filter'"),
+        ({"text": "{{ x | no_such_filter }}"}, "text", "unknown filter 'no_such_filter'"),
         ({"headers": {"X-A": "{{ }}"}}, "headers.X-A", "line 1"),
         ({"from": "{{ sender "}, "from", "line 1"),
         ({"headers": {"Subject": "x"}}, "headers", "X-*"),
         ({"text": None, "html": None}, "text", "give text, html or both"),
         ({"key": "no spaces"}, "key", "letters"),
-        ({"subject": "a\r\nBcc: x@evil.example.net"}, "subject", "CR or LF"),
+        ({"subject": "a\r\nBcc: x@evil.example.net"}, "subject", "U+000D at index 1"),
         ({"from": "Mallory <m@evil.example.net>"}, "from", "not a sender domain"),
         ({"reply_to": "not an address"}, "reply_to", "email address"),
     ],
@@ -180,14 +180,16 @@ def test_a_missing_variable_is_422_naming_it_and_the_recipient_and_stores_nothin
     assert counts(db) == (0, 0, 0)
 
 
-def test_the_sandbox_refuses_unsafe_attributes_with_a_422(
+def test_python_internals_are_out_of_reach_and_a_422(
     client: FlaskClient, tenant: TenantKey, db: psycopg.Connection
 ) -> None:
-    create(client, tenant, subject="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    create(client, tenant, subject="{{ first_name.__class__.__mro__ }}")
     body = {"recipients": [{"email": "ann@example.org"}], "data": {"first_name": "A", "plan": "p"}}
     response = trigger(client, tenant, body)
     assert response.status_code == 422, response.get_json()
-    assert "unsafe" in response.get_json()["errors"]["recipients.0.subject"][0]
+    assert response.get_json()["errors"] == {
+        "recipients.0.subject": ["first_name.__class__ is undefined"]
+    }
     preview = post(
         client, tenant, {"recipient": {"email": "a@example.org"}}, "/v1/campaigns/welcome/preview"
     )
@@ -198,10 +200,10 @@ def test_the_sandbox_refuses_unsafe_attributes_with_a_422(
 def test_a_template_that_would_exhaust_the_server_is_a_422(
     client: FlaskClient, tenant: TenantKey, db: psycopg.Connection
 ) -> None:
-    create(client, tenant, subject="{{ 'x' * 1000000000 }}")
+    create(client, tenant, subject="{{ (1..1000000000) | join: 'x' }}")
     response = trigger(client, tenant, {"recipients": [{"email": "ann@example.org"}]})
     assert response.status_code == 422
-    assert "cannot be built" in response.get_json()["errors"]["recipients.0.subject"][0]
+    assert "values larger than" in response.get_json()["errors"]["recipients.0.subject"][0]
     assert counts(db) == (0, 0, 0)
 
 
@@ -212,7 +214,11 @@ def test_rendered_mails_are_validated_like_post_v1_mails(
     data = {"first_name": "Ann\r\nBcc: victim@example.net", "plan": "p", "sender": "a@example.com"}
     response = trigger(client, tenant, {"recipients": [{"email": "ann@example.org"}], "data": data})
     assert response.status_code == 422
-    assert response.get_json()["errors"] == {"recipients.0.subject": ["must not contain CR or LF"]}
+    assert response.get_json()["errors"] == {
+        "recipients.0.subject": [
+            "must not contain control characters or line separators (U+000D at index 12)"
+        ]
+    }
 
     data = {"first_name": "Ann", "plan": "p", "sender": "Mallory <m@evil.example.net>"}
     response = trigger(client, tenant, {"recipients": [{"email": "ann@example.org"}], "data": data})
@@ -331,7 +337,7 @@ def test_data_that_postgresql_cannot_store_is_a_422(
     }
     response = trigger(client, tenant, body)
     assert response.status_code == 422
-    assert "NUL" in response.get_json()["errors"]["data"][0]
+    assert "NUL" in response.get_json()["errors"]["data.first_name"][0]
     assert counts(db) == (0, 0, 0)
 
 

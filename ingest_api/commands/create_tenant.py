@@ -6,6 +6,7 @@ import uuid
 
 import click
 
+from ingest_api.commands.sender_domains import checked_sender_domains
 from shared.cli_support import settings_or_exit
 from shared.db import connect
 from shared.queries import QUERIES
@@ -15,12 +16,16 @@ from shared.queries import QUERIES
 @click.argument("name")
 @click.option(
     "--sender-domain", "sender_domains", multiple=True, required=True,
-    help="a domain this tenant may send from (repeat for several)",
+    help="a domain this tenant may send from (repeat for several); checked by the rules"
+    " the API applies to a sender address, so not .test, .local or .invalid",
 )  # fmt: skip
 def create_tenant(name: str, sender_domains: tuple[str, ...]) -> None:
-    """Create a tenant that may send from the given domains."""
+    """Create a tenant that may send from the given domains.
+
+    Change them later with add-sender-domain and remove-sender-domain.
+    """
+    domains = checked_sender_domains(sender_domains)
     settings = settings_or_exit("ingest-api", ["database_url"])
-    domains = sorted({d.strip().lower().encode("idna").decode() for d in sender_domains})
     with connect(settings.database_url) as conn:
         if conn.execute(QUERIES["find_tenant_by_name"], {"name": name}).fetchone():
             raise click.ClickException(f"a tenant named {name!r} already exists")

@@ -8,8 +8,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ingest_api.render import syntax_errors
-from ingest_api.schemas.fields import reject_line_breaks
-from ingest_api.schemas.mail import ALLOWED_HEADERS, MAX_TAGS
+from ingest_api.schemas.fields import header_text_problem, reject_header_unsafe
+from ingest_api.schemas.mail import MAX_SCHEDULE_AHEAD, MAX_TAGS, check_header_names
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MAX_TEMPLATE_CHARS = 256 * 1024  # text and html templates
@@ -29,13 +29,13 @@ def campaign_key(**kwargs: Any) -> fields.String:
 
 def _line_template(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=[validate.Length(min=1, max=MAX_LINE_TEMPLATE_CHARS), reject_line_breaks],
-        metadata={"description": "a Jinja2 template"},
+        validate=[validate.Length(min=1, max=MAX_LINE_TEMPLATE_CHARS), reject_header_unsafe],
+        metadata={"description": "a Liquid template"},
         **kwargs,
     )
 
 
-def _body_template(description: str = "a Jinja2 template", **kwargs: Any) -> fields.String:
+def _body_template(description: str = "a Liquid template", **kwargs: Any) -> fields.String:
     return fields.String(
         validate=validate.Length(min=1, max=MAX_TEMPLATE_CHARS),
         metadata={"description": description},
@@ -44,16 +44,15 @@ def _body_template(description: str = "a Jinja2 template", **kwargs: Any) -> fie
 
 
 def _validate_header_names(headers: dict[str, str]) -> None:
-    """The names are fixed (only values are templates): X-* and a few list/thread headers."""
+    """The names are fixed (only values are templates): the rules of ``POST /v1/mails``
+    (RFC 5322 names, X-* and a few list/thread headers, each once whatever its case)."""
     if len(headers) > MAX_HEADERS:
         raise ValidationError(f"at most {MAX_HEADERS} headers")
+    check_header_names(list(headers))
     for name, value in headers.items():
-        if not name or not name.isascii() or any(c in name for c in ":\r\n \t"):
-            raise ValidationError({name: ["not a valid header name"]})
-        if not (name.lower().startswith("x-") or name.lower() in ALLOWED_HEADERS):
-            raise ValidationError({name: ["only X-* and a few list/thread headers may be set"]})
-        if "\r" in value or "\n" in value:
-            raise ValidationError({name: ["must not contain CR or LF"]})
+        problem = header_text_problem(value)
+        if problem is not None:
+            raise ValidationError({name: [problem]})
 
 
 class CampaignFieldsSchema(Schema):
@@ -65,17 +64,17 @@ class CampaignFieldsSchema(Schema):
     sender = _line_template(data_key="from", attribute="from", required=True)
     subject = _line_template(required=True)
     text = _body_template(load_default=None)
-    html = _body_template("a Jinja2 template, autoescaped", load_default=None)
+    html = _body_template("a Liquid template, autoescaped", load_default=None)
     reply_to = _line_template(load_default=None)
     headers = fields.Dict(
         keys=fields.String(),
         values=fields.String(validate=validate.Length(max=MAX_LINE_TEMPLATE_CHARS)),
         load_default=dict,
         validate=_validate_header_names,
-        metadata={"description": "header name to a Jinja2 template of its value"},
+        metadata={"description": "header name to a Liquid template of its value"},
     )
     tags = fields.List(
-        fields.String(validate=[validate.Length(min=1, max=64), reject_line_breaks]),
+        fields.String(validate=[validate.Length(min=1, max=64), reject_header_unsafe]),
         load_default=list,
         validate=validate.Length(max=MAX_TAGS),
         metadata={"description": "given to every mail of this campaign"},
@@ -149,7 +148,10 @@ class TriggerSchema(Schema):
     )
     send_at = fields.String(load_default=None, metadata={"description": "as in /v1/mails"})
     expires_at = fields.String(load_default=None, metadata={"description": "as in /v1/mails"})
-    ttl_seconds = fields.Integer(load_default=None)
+    ttl_seconds = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=1, max=int(MAX_SCHEDULE_AHEAD.total_seconds())),
+    )
     tags = fields.List(fields.String(), load_default=list)
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
 

@@ -53,6 +53,17 @@ RETURNING id;
 -- A tenant by its unique name.
 SELECT id, name, sender_domains FROM tenants WHERE name = %(name)s;
 
+-- name: lock_tenant_sender_domains
+-- A tenant as an operator names it (name or id) with its sender domains, locked until
+-- COMMIT so that two commands changing its domains apply one after the other.
+SELECT id, name, sender_domains FROM tenants
+WHERE name = %(tenant)s OR id::text = %(tenant)s
+FOR UPDATE;
+
+-- name: set_tenant_sender_domains
+-- Replace a tenant's sender domains (the caller computed them under the lock above).
+UPDATE tenants SET sender_domains = %(sender_domains)s WHERE id = %(id)s;
+
 -- name: get_mail_for_tenant
 -- A mail as its tenant sees it.
 SELECT id, status, stream, source, tags, metadata, send_at, expires_at, campaign_key,
@@ -323,22 +334,31 @@ FROM mails WHERE id = %(mail_id)s;
 
 -- name: recover_abandoned_sends
 -- Mails a worker picked up but recorded no outcome for within the sending timeout
--- (longer than the task's hard time limit, so that worker is gone): back to the outbox.
+-- (longer than the task's hard time limit, so that worker is gone). Each pickup
+-- counted an attempt: under the limit the mail goes back to the outbox, due after a
+-- backoff (so a mail that kills its worker cannot monopolise the workers), and at the
+-- limit it is 'dead' with the reason (replayable), like any mail that keeps failing.
 WITH abandoned AS (
     UPDATE mails
-    SET status = 'retrying', updated_at = now(),
-        last_error = 'no outcome recorded within the sending timeout: the worker was lost'
+    SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'dead' ELSE 'retrying' END,
+        updated_at = now(),
+        last_error = CASE WHEN attempts >= %(max_attempts)s
+            THEN 'gave up after ' || attempts || ' attempts: the worker was lost while sending'
+            ELSE 'no outcome recorded within the sending timeout: the worker was lost'
+        END
     WHERE status = 'sending'
       AND updated_at < now() - make_interval(secs => %(sending_timeout)s)
-    RETURNING id, stream
+    RETURNING id, stream, status, attempts
 ), requeued AS (
     -- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
-    INSERT INTO outbox (mail_id, queue)
-    SELECT id, stream FROM abandoned
+    INSERT INTO outbox (mail_id, queue, available_at)
+    SELECT id, stream,
+           now() + make_interval(secs => LEAST(%(retry_base)s * power(2, attempts - 1), 3600))
+    FROM abandoned WHERE status = 'retrying'
     ON CONFLICT (mail_id) DO NOTHING
 )
 INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'retrying', jsonb_build_object('reason', 'worker lost while sending')
+SELECT id, status, jsonb_build_object('reason', 'worker lost while sending', 'attempt', attempts)
 FROM abandoned;
 
 -- name: release_leases
