@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
+from flask_smorest import Blueprint
 
-from ingest_api import auth, metrics, openapi
+from ingest_api import auth, metrics, openapi, strict_json
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
 from ingest_api.endpoints import (
     CAMPAIGN_ENDPOINTS,
@@ -22,7 +23,7 @@ from ingest_api.endpoints import (
     send_batch,
     send_mail,
 )
-from ingest_api.errors import register_error_handlers
+from ingest_api.errors import refuse, register_error_handlers
 from ingest_api.relay_wakeup import RelayWakeup
 from shared.config import Settings, load_settings
 from shared.db import create_pool
@@ -36,6 +37,41 @@ def _begin_request() -> None:
     request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else ""
     g.request_id = request_id or uuid.uuid4().hex
     g.request_id_token = request_id_var.set(g.request_id)
+
+
+def _refuse_unstorable_text() -> None:
+    """A NUL (or unpaired surrogate) in a path parameter, a query parameter or a
+    header is a client's mistake: refused here, before any of it reaches a query
+    (where PostgreSQL would refuse it as a failed statement, a 5xx)."""
+    refused: dict[str, list[str]] = {}
+    for name, value in (request.view_args or {}).items():
+        problem = strict_json.text_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            refused[name] = [problem]
+    for name, value in request.args.items(multi=True):
+        problem = strict_json.text_problem(name) or strict_json.text_problem(value)
+        if problem is not None:
+            refused[strict_json.shown(name)] = [problem]
+    for name, value in request.headers.items():
+        if "\x00" in name or "\x00" in value:
+            refused[strict_json.shown(name)] = ["contains a NUL character (\\u0000)"]
+    if refused:
+        refuse(400, "the request has invalid fields: " + ", ".join(refused), errors=refused)
+
+
+def _refuse_oversized_stream() -> None:
+    """A body without Content-Length (Transfer-Encoding: chunked) over MAX_BODY_BYTES
+    is a 413, as one with a Content-Length is.
+
+    Werkzeug reads such a body only up to MAX_CONTENT_LENGTH and hands over those
+    bytes as if they were all of it: a truncated body, answered as invalid JSON.
+    One byte more from the server's stream tells whether there was more.
+    """
+    if request.content_length is not None or "wsgi.input_terminated" not in request.environ:
+        return
+    received = request.get_data(cache=True)
+    if len(received) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
+        refuse(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
 
 
 def _end_request(response: Response) -> Response:
@@ -70,8 +106,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.after_request(_end_request)
     app.teardown_request(_reset_request_context)
     metrics.init_app(app)  # first, so the latency includes authentication
+    app.before_request(_refuse_unstorable_text)  # before authentication reads any of it
     auth.init_app(app, settings)  # every /v1 request: API key, then rate limit
+    app.before_request(_refuse_oversized_stream)  # after auth: no /v1 body read without a key
 
+    # Every flask-smorest endpoint shares this parser: its JSON bodies go through strict_json.
+    strict_json.install(Blueprint.ARGUMENTS_PARSER)
     api = openapi.create_api(app)
     for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
         api.register_blueprint(endpoint.blp)

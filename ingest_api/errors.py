@@ -12,10 +12,12 @@ from typing import Any, NoReturn
 import psycopg
 from flask import Flask, Response, jsonify
 from flask_smorest import abort
+from psycopg import errors as sqlstate
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from ingest_api.accept import IdempotencyConflict
+from ingest_api.strict_json import StrictJsonError
 from shared.jsonlog import request_id_var
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,34 @@ def handle_http_exception(error: HTTPException) -> Response:
     if errors:
         detail = "the request has invalid fields: " + ", ".join(sorted(map(str, errors)))
     response = problem(status, error.name, detail, errors)
+    # The exception's own headers (Allow on a 405, WWW-Authenticate, ...), then ours.
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     for name, value in ((getattr(error, "data", None) or {}).get("headers") or {}).items():
         response.headers[name] = value
     return response
+
+
+def handle_strict_json(error: StrictJsonError) -> Response:
+    """A body strict_json refused: the fields by dotted path."""
+    title = "Bad Request" if error.status == 400 else "Unprocessable Entity"
+    return problem(error.status, title, error.message, error.errors)
+
+
+# The database cannot be reached or cannot take writes now: an outage, worth a retry.
+# OperationalError covers lost connections, refused logins, shutdowns, a server
+# in recovery (CannotConnectNow), timeouts and PoolTimeout; a read-only server (a
+# standby after a failover) refuses writes with ReadOnlySqlTransaction, an InternalError.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, sqlstate.ReadOnlySqlTransaction)
+
+
+def handle_database_error(error: psycopg.Error) -> Response:
+    """503 for an unreachable database; any other database error is our bug: 500."""
+    if isinstance(error, _UNAVAILABLE):
+        return handle_database_unavailable(error)
+    log.exception("database error", extra={"sqlstate": error.sqlstate})  # with the request id
+    return problem(500, "Internal Server Error", "an internal error occurred; quote the request id")
 
 
 def handle_database_unavailable(error: Exception) -> Response:
@@ -103,8 +130,10 @@ def handle_unexpected(error: Exception) -> Response:
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(StrictJsonError, handle_strict_json)
     app.register_error_handler(PoolTimeout, handle_database_unavailable)
-    # Any database error, a failed COMMIT included, means nothing was accepted.
-    app.register_error_handler(psycopg.Error, handle_database_unavailable)
+    # Any database error, a failed COMMIT included, means nothing was accepted;
+    # only an unreachable database is a 503 worth retrying (handle_database_error).
+    app.register_error_handler(psycopg.Error, handle_database_error)
     app.register_error_handler(IdempotencyConflict, handle_idempotency_conflict)
     app.register_error_handler(Exception, handle_unexpected)

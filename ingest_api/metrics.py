@@ -59,8 +59,12 @@ RATE_LIMIT_FAILURES = Counter(
 for _result in ("allowed", "limited", "unchecked"):
     RATE_LIMIT_REQUESTS.labels(result=_result)
 
-# Label value for requests that matched no route (404s): keeps the label set bounded.
+# Label values stay a fixed set whatever clients send, so nobody can grow the
+# exposition (one series per label combination) without limit: a request that
+# matched no route (404, 405) is "unmatched", a method outside HTTP's is "other".
 UNMATCHED = "unmatched"
+OTHER_METHOD = "other"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def record_mails_accepted(count: int) -> None:
@@ -77,7 +81,7 @@ def _observe(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     rule = request.url_rule
     labels = {
-        "method": request.method,
+        "method": request.method if request.method in KNOWN_METHODS else OTHER_METHOD,
         "endpoint": rule.rule if rule is not None else UNMATCHED,
         "status": str(response.status_code),
     }

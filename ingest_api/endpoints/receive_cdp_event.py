@@ -10,7 +10,6 @@ the mails its workflows create are written in one transaction; its
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError
 from psycopg.types.json import Jsonb
 
+from ingest_api import strict_json
 from ingest_api.accept import IngestTransaction
 from ingest_api.auth import Tenant, authenticated_otherwise
 from ingest_api.cdp import run_workflows
@@ -71,10 +71,7 @@ def _signed_tenant(body: bytes) -> Tenant:
 
 def _event(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """The raw event (to store) and its validated fields."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        refuse(400, "the body is not JSON")
+    payload = strict_json.loads(body)  # a StrictJsonError names the refused field
     if not isinstance(payload, dict):
         refuse(422, "the body must be a JSON object (one event)")
     problem = unstorable(payload)
@@ -100,7 +97,10 @@ class ReceiveCdpEvent(MethodView):
                 "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>",
             },
         ],
-        requestBody={"content": {"application/json": {"schema": CdpEventSchema}}},
+        requestBody={
+            "required": True,
+            "content": {"application/json": {"schema": CdpEventSchema}},
+        },
     )
     @blp.response(202, CdpResultSchema)
     def post(self) -> Response:

@@ -18,16 +18,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+# Longer than anything mailroom keeps, and short enough that "now minus it" stays a
+# date Python and PostgreSQL can hold (a huge one would overflow: a traceback).
+MAX_DURATION = timedelta(days=36525)  # a century
+
+
+class DurationTooLong(ValueError):
+    """A well-formed duration beyond MAX_DURATION."""
 
 
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``45s``, ``1h30m``, ``2w``; a bare number is seconds."""
     value = text.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return timedelta(seconds=float(value))
-    if not value or not re.fullmatch(rf"(?:{_DURATION_PART.pattern})+", value):
+        seconds = float(value)
+    elif value and re.fullmatch(rf"(?:{_DURATION_PART.pattern})+", value):
+        parts = _DURATION_PART.findall(value)
+        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in parts)
+    else:
         raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 1h30m")
-    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+    # float() of a long digit string is inf, not an error: compare before timedelta().
+    if not seconds <= MAX_DURATION.total_seconds():
+        raise DurationTooLong(f"{text!r} is longer than {MAX_DURATION.days}d (a century)")
     return timedelta(seconds=seconds)
 
 
@@ -41,12 +53,19 @@ def parse_timestamp(text: str, now: datetime | None = None) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         try:
-            return current - parse_duration(value)
+            return current - parse_duration(value)  # at most a century: no overflow
+        except DurationTooLong:
+            raise
         except ValueError:
             raise ValueError(
                 f"{text!r} is neither an ISO 8601 time (2026-11-28T18:40) nor a duration ago (2h)"
             ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        # In UTC from here on: a zoned time at the edge of year 1 or 9999 would
+        # otherwise overflow later, when it is compared or shown.
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range (years 1 to 9999 in UTC)") from None
 
 
 class Duration(click.ParamType[timedelta]):
