@@ -1,42 +1,64 @@
-"""Campaign templates: Jinja2 in a sandbox that refuses undefined variables.
+"""Campaign templates: Liquid (python-liquid) with its resource limits and strict variables.
 
-Templates come from tenants, so they are compiled by Jinja2's
-``SandboxedEnvironment`` (no access to ``__class__``, ``__globals__`` and the
-like; a violation is a ``SecurityError``, reported like any other render error)
-with ``StrictUndefined`` (a missing variable is an error naming it, never an
-empty string in a sent mail). Only the html template is autoescaped.
+Templates come from tenants. Liquid has no attribute or method access to abuse,
+only tags and filters, and python-liquid bounds loop iterations, output size,
+the size of assigned variables and context depth (the ``MAX_*`` constants
+below). Variables are strict (a missing variable is an error naming it, never
+an empty string in a sent mail; ``default`` still gives its fallback), filters
+must exist, ``include`` and ``render`` find no template (there is no loader),
+and only the html template is autoescaped.
 
-Jinja2's sandbox guards attribute access, not resource use, and rendering runs
-in an API request thread. So rendering also has a :class:`RenderBudget` (a
-deadline and a number of characters for the whole request), checked on every
-loop iteration, intercepted operator, call and output chunk, and the cheap ways
-to build a huge value in one step are refused: repeating strings or lists,
-large exponents, padding and indentation widths, printing or joining deeply
-shared containers, and values or buffers larger than :data:`MAX_VALUE_CHARS`.
+The library's limits leave three ways to spend memory or time, closed here:
+filters build their result before the output limit sees it (``replace`` and
+``join`` multiply sizes), a range literal such as ``(1..1000000000)`` costs
+nothing until a filter or a loop ``offset`` walks it, and the library measures
+assigned variables with ``sys.getsizeof``, which sees a list of a thousand
+references to one long string as small. So every filter's arguments and result
+are measured as printed (:func:`_printed_size`), and so are assigned variables.
+
+Rendering runs in an API request thread, so a :class:`RenderBudget` (a deadline
+and a number of characters for the whole request) is checked on every filter
+call, loop start and assignment, and between templates.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
-from typing import Any, cast
+from io import StringIO
+from typing import Any, TextIO
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes, pass_context
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
-from jinja2.visitor import NodeTransformer
+from liquid import (
+    BoundTemplate,
+    DictLoader,
+    Environment,
+    RenderContext,
+    StrictDefaultUndefined,
+    Undefined,
+)
+from liquid.exceptions import (
+    ContextDepthError,
+    LiquidError,
+    LocalNamespaceLimitError,
+    LoopIterationLimitError,
+    OutputStreamLimitError,
+    ResourceLimitError,
+    TemplateNotFoundError,
+)
+from liquid.output import LimitedStringIO
+from liquid.parser import get_parser
+from liquid.stream import TokenStream
 
-MAX_VALUE_CHARS = 1_000_000  # one string, list or buffer built while rendering; one field
-MAX_WIDTH = 10_000  # padding, indentation and wrapping widths; format widths
-MAX_PRINTED_ITEMS = 100_000  # elements (counted with repeats) of a value turned into text
-MAX_INT_BITS = 100_000  # integers a template may compute
-MAX_EXPONENT = 1000
-TICK_EVERY = 256  # loop iterations between two deadline checks
+# Per rendered template (one field for one recipient). Liquid enforces the first four.
+MAX_LOOP_ITERATIONS = 10_000  # all iterations of nested loops multiplied; also how far a loop
+#                               may skip with `offset`
+MAX_OUTPUT_BYTES = 1_000_000  # UTF-8 bytes written, including {% capture %} buffers
+MAX_LOCAL_NAMESPACE = 100_000  # characters and items of all {% assign %}/{% capture %} values
+MAX_CONTEXT_DEPTH = 30  # nested scopes (loops inside loops, ...)
+MAX_VALUE_SIZE = 1_000_000  # characters and items of a value a filter takes or returns
 
 # What a campaign stores, by the API's field names; "headers" holds a template per header.
 TEMPLATE_FIELDS = ("from", "subject", "text", "html", "reply_to")
@@ -56,7 +78,14 @@ class BudgetExhausted(RenderError):
 
 
 class _OutOfTime(Exception):
-    """Raised inside a template when the deadline has passed (becomes BudgetExhausted)."""
+    """Raised inside a template when the deadline has passed (becomes BudgetExhausted).
+
+    Not a LiquidError, so no tag or filter of the library turns it into something else.
+    """
+
+
+class _ValueTooLarge(ResourceLimitError):
+    """A filter was given or built a value larger than :data:`MAX_VALUE_SIZE`."""
 
 
 @dataclass
@@ -91,255 +120,168 @@ def _tick() -> None:
         budget.tick()
 
 
-def _refuse(message: str) -> SecurityError:
-    return SecurityError(message)
+def _printed_size(value: object, limit: int) -> int:
+    """Characters and items *value* takes when printed or joined; counting stops past *limit*.
+
+    A value shared by reference counts every time it appears, as printing repeats it.
+    """
+    size = 0
+    pending = [value]
+    while pending and size <= limit:
+        item = pending.pop()
+        # First, by type(): isinstance() would ask a strict undefined its __class__, and fail.
+        if issubclass(type(item), Undefined):
+            size += 1
+        elif isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, range):  # only Liquid's (a..b): step 1
+            size += max(item.stop - item.start, 0)
+        elif isinstance(item, Mapping | list | tuple | set | frozenset):
+            size += len(item)
+            if size <= limit:
+                pending.extend(item.items() if isinstance(item, Mapping) else item)
+        elif isinstance(item, int):
+            size += item.bit_length() // 3 + 1  # about its decimal digits
+        else:
+            size += 1
+    return size
 
 
-def _check_printable(value: Any) -> None:
-    """Refuse to turn a container into text when that text would be enormous."""
-    if isinstance(value, str | bytes | int | float | bool) or value is None:
-        return
-    stack: list[Any] = [value]
-    seen = 0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
-        seen += 1
-        if seen > MAX_PRINTED_ITEMS:
-            raise _refuse(f"a value with more than {MAX_PRINTED_ITEMS} elements cannot be printed")
+def _check_value(filter_name: str, value: object, extra: int = 0) -> None:
+    if _printed_size(value, MAX_VALUE_SIZE) + extra > MAX_VALUE_SIZE:
+        raise _ValueTooLarge(
+            f"{filter_name}: values larger than {MAX_VALUE_SIZE} characters or items"
+            " cannot be filtered",
+            token=None,
+        )
 
 
-def _check_length(length: int) -> None:
-    if length > MAX_VALUE_CHARS:
-        raise _refuse(f"a value longer than {MAX_VALUE_CHARS} cannot be built")
+def _join_growth(left: object, separator: object = " ", *_: object) -> int:
+    return len(str(separator)) * len(left) if isinstance(left, list | tuple | range) else 0
 
 
-def _check_size(value: Any) -> Any:
-    if isinstance(value, str | bytes | list | tuple):
-        _check_length(len(value))
-    return value
+def _replace_growth(left: object, old: object = "", new: object = "", *_: object) -> int:
+    return str(left).count(str(old)) * len(str(new))
 
 
-def _check_widths(*numbers: Any) -> None:
-    for number in numbers:
-        if isinstance(number, int) and number > MAX_WIDTH:
-            raise _refuse(f"widths and counts above {MAX_WIDTH} are not allowed")
+# Filters whose result can be much larger than their arguments: the growth, before building it.
+_GROWTH: dict[str, Callable[..., int]] = {"join": _join_growth, "replace": _replace_growth}
 
 
-_PERCENT_SPEC = re.compile(r"%[^a-zA-Z%]*")
-_BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)(\{)?")
-_DIGITS = re.compile(r"\d+")
+def _guarded(name: str, filter_function: Callable[..., Any]) -> Callable[..., Any]:
+    growth = _GROWTH.get(name)
+
+    @wraps(filter_function)  # keeps the library's with_context/with_environment markers
+    def guarded(left: object, *args: object, **kwargs: object) -> object:
+        _tick()
+        for value in (left, *args):
+            _check_value(name, value)
+        if growth is not None:
+            _check_value(name, left, growth(left, *args))
+        result = filter_function(left, *args, **kwargs)
+        _check_value(name, result)
+        return result
+
+    return guarded
 
 
-def _check_format_string(fmt: str, args: Any, *, braces: bool) -> None:
-    """Widths in ``"%10s"`` or ``"{:>10}"`` formats, and ``*`` widths, stay small."""
-    specs = (
-        [m.group(1) + (m.group(2) or "") for m in _BRACE_SPEC.finditer(fmt)]
-        if braces
-        else [m.group(0) for m in _PERCENT_SPEC.finditer(fmt)]
-    )
-    for spec in specs:
-        if "{" in spec:
-            raise _refuse("nested format fields are not allowed")
-        _check_widths(*(int(digits) for digits in _DIGITS.findall(spec)))
-        if "*" in spec and not braces:
-            _check_widths(*(args if isinstance(args, tuple) else (args,)))
-    _check_printable(args)
+class _Context(RenderContext):
+    """Measures assigned variables as printed, and checks the deadline on loops and assigns."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local_sizes: dict[str, int] = {}
+
+    def assign(self, key: str, val: Any) -> None:
+        _tick()
+        self._local_sizes[key] = _printed_size(val, MAX_LOCAL_NAMESPACE)
+        super().assign(key, val)  # stores it, then compares get_size_of_locals() to the limit
+
+    def get_size_of_locals(self) -> int:
+        return sum(self._local_sizes.values()) + self.local_namespace_size_carry
+
+    def raise_for_loop_limit(self, length: int = 1) -> None:
+        _tick()
+        super().raise_for_loop_limit(length)
+
+    def get_buffer(self, buf: TextIO | None = None) -> StringIO:
+        """A {% capture %} buffer: the output limit, carried over, without newline changes."""
+        return _buffer(MAX_OUTPUT_BYTES - (buf.size if isinstance(buf, LimitedStringIO) else 0))
+
+    def stopindex(self, key: str, index: int | None = None) -> int:
+        # Every for/tablerow loop reports where its slice ends before walking to it
+        # (`offset` walks item by item): bound that, not only the iterations left.
+        if index is not None and index > MAX_LOOP_ITERATIONS:
+            raise LoopIterationLimitError("loop iteration limit reached", token=None)
+        return super().stopindex(key, index)
 
 
-class _Guarded(SandboxedEnvironment):
-    """The sandbox, plus the resource guards described in the module docstring."""
+def _buffer(limit: int) -> LimitedStringIO:
+    # newline="": python-liquid's own limited buffers translate "\r" and "\r\n" to "\n".
+    return LimitedStringIO(limit, newline="")
 
-    intercepted_binops = frozenset({"+", "*", "**", "%"})
+
+class _Liquid(Environment):
+    loop_iteration_limit = MAX_LOOP_ITERATIONS
+    output_stream_limit = MAX_OUTPUT_BYTES
+    local_namespace_limit = MAX_LOCAL_NAMESPACE
+    context_depth_limit = MAX_CONTEXT_DEPTH
 
     def __init__(self, *, autoescape: bool) -> None:
         super().__init__(
             autoescape=autoescape,
-            undefined=StrictUndefined,
-            keep_trailing_newline=True,
-            finalize=_finalize,
+            undefined=StrictDefaultUndefined,
+            strict_filters=True,
+            loader=DictLoader({}),  # no template to include or render, ever
         )
-        self.concat = _guarded_concat  # type: ignore[method-assign]
-        self.filters["_mailroom_loop"] = _loop_guard
-        self.filters["_mailroom_printable"] = _printable
-        self.filters["_mailroom_sized"] = _check_size
-        for name in ("center", "wordwrap", "batch", "slice"):
-            self.filters[name] = _width_guarded(self.filters[name])
-        self.filters["indent"] = _indent_guarded(self.filters["indent"])
-        for name in ("join", "string", "tojson", "pprint"):
-            self.filters[name] = _printable_guarded(self.filters[name])
-        self.filters["replace"] = _replace_guarded(self.filters["replace"])
-        self.filters["format"] = _format_guarded(self.filters["format"])
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        _tick()
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, list | tuple) and isinstance(count, int):
-                    raise _refuse("repeating lists is not allowed")
-                if isinstance(seq, str | bytes) and isinstance(count, int):
-                    _check_length(len(seq) * count)
-            integers = isinstance(left, int) and isinstance(right, int)
-            if integers and left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                raise _refuse("the number is too large")
-        elif operator == "**":
-            numbers = isinstance(left, int | float) and isinstance(right, int | float)
-            if numbers and abs(right) > MAX_EXPONENT and abs(left) > 1:
-                raise _refuse(f"exponents above {MAX_EXPONENT} are not allowed")
-        elif operator == "+":
-            sized = (str, bytes, list, tuple)
-            if isinstance(left, sized) and isinstance(right, sized):
-                _check_length(len(left) + len(right))
-        elif operator == "%" and isinstance(left, str):
-            _check_format_string(left, right, braces=False)
-        return _check_size(super().call_binop(context, operator, left, right))
-
-    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        _tick()
-        owner = getattr(obj, "__self__", None)
-        name = getattr(obj, "__name__", "")
-        if isinstance(owner, str | bytes):
-            if name in {"ljust", "rjust", "center", "zfill", "expandtabs"}:
-                _check_widths(*args, *kwargs.values())
-            elif name == "replace" and len(args) >= 2:
-                _check_length(owner.count(args[0]) * len(args[1]) + len(owner))
-            elif name == "join" and args:
-                _check_printable(args[0])
-        return _check_size(super().call(context, obj, *args, **kwargs))
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            _check_format_string(value.__self__, (), braces=True)
-        return wrapped
+        self.filters = {name: _guarded(name, f) for name, f in self.filters.items()}
 
 
-def _finalize(value: Any) -> Any:
-    _tick()
-    _check_printable(value)
-    return value
+_PLAIN = _Liquid(autoescape=False)
+_HTML = _Liquid(autoescape=True)
 
 
-def _guarded_concat(parts: Iterable[str]) -> str:
-    _tick()
-    collected = list(parts)
-    if sum(len(part) for part in collected) > MAX_VALUE_CHARS:
-        raise _refuse(f"a value longer than {MAX_VALUE_CHARS} cannot be built")
-    return "".join(collected)
+class _SyntaxError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-@pass_context
-def _loop_guard(_context: Context, iterable: Any) -> Iterator[Any]:
-    """Wraps every ``{% for %}`` iterable: the deadline is checked while looping."""
-    for count, item in enumerate(iterable):
-        if count % TICK_EVERY == 0:
-            _tick()
-        yield item
-
-
-@pass_context
-def _printable(_context: Context, value: Any) -> Any:
-    """Wraps every part of a ``~`` concatenation."""
-    _check_printable(value)
-    return value
-
-
-def _width_guarded(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(filter_function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _tick()
-        _check_widths(*args[1:], *kwargs.values())
-        return filter_function(*args, **kwargs)
-
-    return guarded
-
-
-def _indent_guarded(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(filter_function)
-    def guarded(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
-        _tick()
-        prefix = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
-        _check_length(len(str(value)) + prefix * (str(value).count("\n") + 1))
-        return filter_function(value, width, *args, **kwargs)
-
-    return guarded
-
-
-def _printable_guarded(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(filter_function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _tick()
-        for value in (*args, *kwargs.values()):
-            _check_printable(value)
-        return _check_size(filter_function(*args, **kwargs))
-
-    return guarded
-
-
-def _replace_guarded(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(filter_function)
-    def guarded(eval_ctx: Any, value: Any, old: Any, new: Any, *rest: Any) -> Any:
-        _tick()
-        text, old_text, new_text = str(value), str(old), str(new)
-        _check_length(text.count(old_text) * len(new_text) + len(text))
-        return filter_function(eval_ctx, value, old, new, *rest)
-
-    return guarded
-
-
-def _format_guarded(filter_function: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(filter_function)
-    def guarded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        _tick()
-        _check_format_string(str(value), args or kwargs, braces=False)
-        return filter_function(value, *args, **kwargs)
-
-    return guarded
-
-
-class _AddGuards(NodeTransformer):
-    """Route every loop and every ``~`` concatenation through the guard filters."""
-
-    def visit_For(self, node: nodes.For) -> nodes.Node:
-        loop = cast(nodes.For, self.generic_visit(node))
-        loop.iter = _filter(loop.iter, "_mailroom_loop")
-        return loop
-
-    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        concat = cast(nodes.Concat, self.generic_visit(node))
-        concat.nodes = [_filter(part, "_mailroom_printable") for part in concat.nodes]
-        return _filter(concat, "_mailroom_sized")
-
-
-def _filter(node: nodes.Node, name: str) -> nodes.Filter:
-    wrapped = nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
-    assert node.environment is not None  # parse() sets it on every node
-    wrapped.set_environment(node.environment)
-    return wrapped
-
-
-_PLAIN = _Guarded(autoescape=False)
-_HTML = _Guarded(autoescape=True)
+def _line(source: str, index: int) -> int:
+    return source.count("\n", 0, index) + 1
 
 
 @lru_cache(maxsize=512)
-def _compile(source: str, html: bool) -> Any:
-    """A compiled template (cached by source); raises TemplateSyntaxError."""
+def _compile(source: str, html: bool) -> BoundTemplate:
+    """A parsed template (cached by source); raises _SyntaxError naming the line."""
     environment = _HTML if html else _PLAIN
-    tree = environment.parse(source)
-    return environment.from_string(_AddGuards().visit(tree))
+    # Parsed here rather than by from_string() to see where the parser stopped: errors
+    # inside {{ }} or at the end of the template come without a position of their own.
+    stream = TokenStream(iter(()))
+    try:
+        stream = TokenStream(environment.tokenizer()(source))
+        nodes = get_parser(environment).parse(stream)
+    except LiquidError as exc:
+        token = exc.token if exc.token and exc.token.start_index >= 0 else stream.current
+        index = token.start_index if token.start_index >= 0 else len(source)
+        raise _SyntaxError(f"{exc.message} (line {_line(source, index)})") from None
+    template = environment.template_class(
+        environment, name="", path=None, nodes=nodes, globals=environment.make_globals(None)
+    )
+    # Liquid looks filters up while rendering; report unknown ones now, like syntax errors.
+    for name, spans in template.analyze(include_partials=False).filters.items():
+        if name not in environment.filters:
+            line = _line(source, min(span.index for span in spans))
+            raise _SyntaxError(f"unknown filter '{name}' (line {line})")
+    return template
 
 
 def syntax_error(source: str, *, html: bool = False) -> str | None:
     """Why *source* is not a valid template, or None."""
     try:
         _compile(source, html)
-    except TemplateSyntaxError as exc:
-        return f"{exc.message} (line {exc.lineno})"
+    except _SyntaxError as exc:
+        return exc.message
     return None
 
 
@@ -361,34 +303,49 @@ def syntax_errors(campaign: Mapping[str, Any]) -> dict[str, list[str]]:
     return errors
 
 
+# What a client can change when a limit stops a template, by the library's error.
+_LIMITS: dict[type[LiquidError], str] = {
+    LoopIterationLimitError: f"at most {MAX_LOOP_ITERATIONS} loop iterations per template,"
+    " nested loops multiplied",
+    OutputStreamLimitError: f"at most {MAX_OUTPUT_BYTES} bytes per template",
+    LocalNamespaceLimitError: f"at most {MAX_LOCAL_NAMESPACE} characters in assigned variables",
+    ContextDepthError: f"at most {MAX_CONTEXT_DEPTH} nested blocks",
+}
+
+
+def _reason(exc: LiquidError) -> str:
+    if isinstance(exc, TemplateNotFoundError):
+        return "include and render are not available: a campaign cannot load other templates"
+    limit = _LIMITS.get(type(exc))
+    return f"{exc.message} ({limit})" if limit else str(exc.message)
+
+
 def render_template(
     name: str, source: str, context: Mapping[str, Any], budget: RenderBudget
 ) -> str:
-    """Render one template; raises RenderError naming *name* with Jinja's reason."""
+    """Render one template; raises RenderError naming *name* with Liquid's reason."""
     token = _budget.set(budget)
     try:
+        budget.tick()
         template = _compile(source, name == "html")
-        parts: list[str] = []
-        size = 0
-        for chunk in template.generate(context):
-            budget.tick()
-            size += len(chunk)
-            if size > MAX_VALUE_CHARS:
-                raise RenderError(name, f"renders to more than {MAX_VALUE_CHARS} characters")
-            parts.append(chunk)
-        budget.spend(name, size)
-        return "".join(parts)
+        buffer = _buffer(MAX_OUTPUT_BYTES)
+        template.render_with_context(
+            _Context(template, globals=template.make_globals(context)), buffer
+        )
+        text = buffer.getvalue()
+        budget.spend(name, len(text))
+        return text
     except RenderError:
         raise
     except _OutOfTime:
         raise BudgetExhausted(
             name, f"rendering took longer than {budget.seconds:g} s; send fewer at once"
         ) from None
-    except TemplateSyntaxError as exc:
-        raise RenderError(name, f"{exc.message} (line {exc.lineno})") from None
-    except TemplateError as exc:  # UndefinedError, SecurityError, TemplateRuntimeError
-        raise RenderError(name, exc.message or type(exc).__name__) from None
-    except Exception as exc:  # the template's own doing: 1/0, "a" + 1, recursion, ...
+    except _SyntaxError as exc:
+        raise RenderError(name, exc.message) from None
+    except LiquidError as exc:  # undefined variables, filter errors, limits
+        raise RenderError(name, _reason(exc)) from None
+    except Exception as exc:  # the template's own doing that Liquid does not wrap
         raise RenderError(name, f"{type(exc).__name__}: {exc}") from None
     finally:
         _budget.reset(token)
