@@ -16,33 +16,51 @@ exponential backoff with jitter, until an attempt fails after the retry window
 (``MAILROOM_WEBHOOK_RETRY_HOURS`` since the event): then it is ``failed``.
 Retries live in PostgreSQL, never in the broker.
 
-Any URL the tenant registered is called, loopback and private addresses
-included: there is no protection against server-side request forgery yet.
+No server-side request forgery: before each attempt the URL is normalised and its
+host resolved again (``shared.webhook_urls``); an address that is loopback, private,
+link-local, CGNAT, multicast, unspecified or reserved, and not in
+``MAILROOM_WEBHOOK_ALLOW_NETWORKS``, ends the delivery as ``failed`` at once with the
+reason, as does a URL that cannot be sent at all (it would never succeed, so it is
+not retried for a day); a host that does not resolve is a failure like any other,
+retried. The connection goes to an address that was checked, never to a second
+lookup of the name (DNS rebinding); the Host header, TLS SNI and certificate
+verification still use the URL's host.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mail_worker.retry import backoff
 from shared import signatures
-from shared.config import Settings
+from shared.config import IPNetwork, Settings
 from shared.db import DictPool
 from shared.queries import QUERIES
+from shared.webhook_urls import (
+    AddressRefused,
+    HostUnresolvable,
+    IPAddress,
+    WebhookTarget,
+    parse,
+    resolve_allowed,
+)
 
 log = logging.getLogger(__name__)
 
 DELIVERY_HEADER = "X-Mailroom-Delivery"
 USER_AGENT = "mailroom-webhooks/1"
 MAX_ERROR_LENGTH = 500
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,8 @@ class WebhookPolicy:
     timeout: float = 10.0
     retry_hours: float = 24.0
     retry_base: float = 30.0
+    # Blocked addresses (loopback, private...) webhooks may reach all the same.
+    allow_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookPolicy:
@@ -57,6 +77,7 @@ class WebhookPolicy:
             timeout=settings.webhook_timeout,
             retry_hours=settings.webhook_retry_hours,
             retry_base=settings.webhook_retry_base,
+            allow_networks=settings.webhook_allow_networks,
         )
 
     @property
@@ -69,37 +90,109 @@ class WebhookPolicy:
 class Outcome:
     status_code: int | None  # None: no HTTP answer (timeout, connection error)
     error: str | None  # None: a 2xx answer
+    # The URL can never be sent (malformed, or a blocked address): no retry.
+    final: bool = False
 
     @property
     def delivered(self) -> bool:
         return self.error is None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer like any other non-2xx: recorded, retried, never followed."""
+def _connect_to_checked(
+    addresses: Sequence[IPAddress], port: int, timeout: float | None
+) -> socket.socket:
+    """A TCP connection to the first of *addresses* that answers; no name lookup."""
+    error: OSError = OSError("no address to connect to")
+    for address in addresses:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((str(address), port))
+        except OSError as exc:
+            sock.close()
+            error = exc
+        else:
+            return sock
+    raise error
 
-    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
-        return None
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to an address that was checked; the Host header stays the URL's host."""
+
+    def __init__(
+        self, target: WebhookTarget, addresses: Sequence[IPAddress], timeout: float
+    ) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = _connect_to_checked(self.addresses, self.port, self.timeout)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address that was checked; SNI and the certificate check use the
+    URL's host, as they would without pinning."""
+
+    def __init__(
+        self,
+        target: WebhookTarget,
+        addresses: Sequence[IPAddress],
+        timeout: float,
+        tls: ssl.SSLContext,
+    ) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=tls)
+        self.addresses = addresses
+        self.tls = tls
+
+    def connect(self) -> None:
+        sock = _connect_to_checked(self.addresses, self.port, self.timeout)
+        try:
+            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outcome:
-    """POST *body*; never raises for what the receiver does."""
-    if not url.startswith(("http://", "https://")):  # the API allows no other scheme
-        return Outcome(None, "not an http:// or https:// URL")
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
+@functools.cache
+def _system_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()  # system CAs, hostname checked
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    allow_networks: Sequence[IPNetwork] = (),
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> Outcome:
+    """POST *body* to *url* if it may be reached; never raises for what the receiver does.
+
+    A redirect is an answer like any other non-2xx: recorded, retried, never followed."""
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            response.read(64 * 1024)
-            code = int(response.status)
-    except urllib.error.HTTPError as exc:  # any status urllib does not count as success
-        exc.close()
-        return Outcome(exc.code, f"HTTP {exc.code}")
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Outcome(None, f"{type(exc).__name__}: {reason}"[:MAX_ERROR_LENGTH])
+        target = parse(url)
+        addresses = resolve_allowed(target.host, target.port, allow_networks)
+    except HostUnresolvable as exc:  # DNS may be back later
+        return Outcome(None, str(exc)[:MAX_ERROR_LENGTH])
+    except (AddressRefused, ValueError) as exc:
+        prefix = "" if isinstance(exc, AddressRefused) else "the URL cannot be sent: "
+        return Outcome(None, f"{prefix}{exc}"[:MAX_ERROR_LENGTH], final=True)
+    connection: http.client.HTTPConnection
+    if target.scheme == "https":
+        connection = _PinnedHTTPSConnection(target, addresses, timeout, tls or _system_tls())
+    else:
+        connection = _PinnedHTTPConnection(target, addresses, timeout)
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(MAX_RESPONSE_BYTES)
+        code = int(response.status)
+    except (http.client.HTTPException, OSError, ValueError) as exc:
+        return Outcome(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH])
+    finally:
+        connection.close()
     if 200 <= code < 300:
         return Outcome(code, None)
     return Outcome(code, f"HTTP {code}")
@@ -133,7 +226,7 @@ def deliver_webhook(
         signatures.HEADER: signatures.sign(delivery["secret"], timestamp, body),
         DELIVERY_HEADER: str(wanted),
     }
-    outcome = post(delivery["url"], body, headers, policy.timeout)
+    outcome = post(delivery["url"], body, headers, policy.timeout, policy.allow_networks)
     attempt = delivery["attempts"]
     with pool.connection() as conn:
         if outcome.delivered:
@@ -154,7 +247,8 @@ def deliver_webhook(
                 "status_code": outcome.status_code,
                 "error": outcome.error,
                 "delay": backoff(attempt, policy.retry_base),
-                "retry_seconds": policy.retry_hours * 3600,
+                # A URL that can never be sent is past its retry window at once: 'failed'.
+                "retry_seconds": 0 if outcome.final else policy.retry_hours * 3600,
             },
         ).fetchone()
     if row is None:  # the webhook was deleted, or a newer attempt took over

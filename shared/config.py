@@ -7,6 +7,7 @@ variable, and the entry points turn it into one line on stderr and exit 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -14,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 PREFIX = "MAILROOM_"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -71,6 +74,9 @@ class Settings:
     webhook_retry_hours: float = 24.0
     webhook_retry_base: float = 30.0
     webhook_timeout: float = 10.0
+    # Networks webhook URLs may reach although they are private, loopback, link-local...
+    # (see shared/webhook_urls.py); empty: only public addresses are called.
+    webhook_allow_networks: tuple[IPNetwork, ...] = ()
 
 
 def _parse_database_url(value: str) -> str:
@@ -178,6 +184,20 @@ def _parse_unsubscribe_secret(value: str) -> str:
     return value
 
 
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs (``10.0.0.0/8,::1/128``); a bare address is a one-address network."""
+    networks = []
+    for item in value.split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{item.strip()!r} is not a network; expected CIDRs such as 10.0.0.0/8,::1/128"
+                ) from None
+    return tuple(networks)
+
+
 def _parse_rate_limit_url(value: str) -> str:
     if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
         raise ValueError("expected redis://host:port/db, rediss://… or unix:///path")
@@ -219,6 +239,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "webhook_retry_hours": _positive(float),
     "webhook_retry_base": _positive(float),
     "webhook_timeout": _positive(float),
+    "webhook_allow_networks": parse_networks,
 }
 
 # The variable for each setting; ``smtp`` is configured as a URL.

@@ -18,13 +18,15 @@ from flask.testing import FlaskClient
 from ingest_api.app import create_app
 from mail_worker.smtp import SmtpClient
 from outbox_relay.cli import cli
-from shared.config import Settings, parse_smtp_url
+from outbox_relay.publish import Publisher
+from shared.config import Settings, parse_networks, parse_smtp_url
 from shared.db import DictPool, connect, create_pool
 from shared.devstack.smtp_sink import SmtpSink
 from shared.migrate import migrate
 from shared.queries import QUERIES
 from tests import services
 from tests.processes import Processes
+from tests.webhook_support import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +91,8 @@ def settings(
         relay_publish_timeout=2.0,
         db_connect_timeout=2.0,
         db_pool_size=4,
+        # Webhook receivers in tests listen on loopback, which is otherwise refused.
+        webhook_allow_networks=parse_networks("127.0.0.0/8,::1/128"),
     )
 
 
@@ -103,6 +107,7 @@ def settings_env(settings: Settings, smtp_url: str | None = None) -> dict[str, s
         "MAILROOM_RELAY_VISIBILITY_TIMEOUT": str(settings.relay_visibility_timeout),
         "MAILROOM_DB_CONNECT_TIMEOUT": str(settings.db_connect_timeout),
         "MAILROOM_RELAY_METRICS_PORT": "0",  # tests run several relays on one machine
+        "MAILROOM_WEBHOOK_ALLOW_NETWORKS": ",".join(map(str, settings.webhook_allow_networks)),
     }
     if smtp_url:
         env["MAILROOM_SMTP_URL"] = smtp_url
@@ -235,3 +240,19 @@ def smtp(settings: Settings) -> Iterator[SmtpClient]:
 def run_relay_cli(settings: Settings, *args: str, input: str | None = None) -> Result:
     """``outbox-relay ARGS`` in-process, through the real group (one-line errors, exit codes)."""
     return CliRunner().invoke(cli, list(args), env=settings_env(settings), input=input)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real HTTP server on a loopback port that records what webhooks POST to it."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[Publisher]:
+    """The relay's publisher into the test's broker (Redis, its own key prefix)."""
+    publisher = Publisher(settings)
+    yield publisher
+    publisher.close()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,25 @@ def test_values_are_parsed() -> None:
     assert settings.relay_batch_size == 50
     assert settings.message_id_domain == "mail.example.com"
     assert settings.relay_visibility_timeout == 60.0
+
+
+def test_webhook_allow_networks_are_cidrs_and_empty_by_default() -> None:
+    assert load_settings(environ={}).webhook_allow_networks == ()
+    env = {"MAILROOM_WEBHOOK_ALLOW_NETWORKS": " 10.1.0.0/16, ::1/128,192.168.1.7 ,"}
+    assert load_settings(environ=env).webhook_allow_networks == (
+        ipaddress.ip_network("10.1.0.0/16"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("192.168.1.7/32"),
+    )
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "localhost", "10.0.0.0/8;::1"])
+def test_a_malformed_webhook_allow_network_is_named(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"MAILROOM_WEBHOOK_ALLOW_NETWORKS": value})
+    message = str(raised.value)
+    assert message.startswith("MAILROOM_WEBHOOK_ALLOW_NETWORKS is malformed: ")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -1,210 +1,49 @@
 """Status webhooks against real services: the API, the trigger that enqueues
 deliveries in the event's transaction, the relay's webhook round into Redis, and
-the worker's signed POST to a real HTTP receiver on a loopback port."""
+the worker's signed POST to a real HTTP receiver on a loopback port.
+
+Webhook hosts here are ``localhost`` or loopback addresses, which the test settings
+allow (``MAILROOM_WEBHOOK_ALLOW_NETWORKS``): the API refuses a name that does not
+resolve, and tests must not depend on outside DNS."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 from flask.testing import FlaskClient
-from kombu import Connection
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from ingest_api.schemas.webhook import WEBHOOK_EVENTS
 from mail_worker.webhooks import DELIVERY_HEADER, WebhookPolicy, deliver_webhook
 from outbox_relay.publish import Publisher
 from outbox_relay.relay import Relay
-from outbox_relay.webhook_dispatch import WebhookPolicy as RelayWebhookPolicy
-from outbox_relay.webhook_dispatch import webhook_round
 from shared import signatures
 from shared.config import Settings, load_settings
 from shared.devstack.smtp_sink import SmtpSink
-from shared.queries import QUERIES
 from shared.queues import (
     DELIVER_WEBHOOK_TASK,
-    WEBHOOK_QUEUE,
-    broker_transport_options,
-    kombu_queue,
 )
 from tests.conftest import TenantKey, new_key
 from tests.factories import insert_mail
 from tests.processes import Processes, http, wait_until
 from tests.services import free_port
-
-POLICY = WebhookPolicy(timeout=2.0, retry_hours=24.0, retry_base=30.0)
-
-
-# --- a receiver on a loopback port ------------------------------------------------
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """An HTTP server in a thread: records each request, answers from ``statuses``."""
-
-    statuses: list[int] = field(default_factory=list)  # consumed in order; then 200
-    delay: float = 0.0
-    location: str = ""
-    received: list[Received] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/mailroom"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.received.append(Received(self.path, dict(self.headers), body))
-                time.sleep(receiver.delay)
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                if receiver.location:
-                    self.send_header("Location", receiver.location)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-    def wait_for(self, count: int, timeout: float) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return list(self.received)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def publisher(settings: Settings) -> Iterator[Publisher]:
-    publisher = Publisher(settings)
-    yield publisher
-    publisher.close()
-
-
-# --- helpers -----------------------------------------------------------------------
-
-
-def bearer(tenant: TenantKey) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tenant.key}"}
-
-
-def create_webhook(
-    client: FlaskClient, tenant: TenantKey, url: str, events: list[str] | None = None
-) -> dict[str, Any]:
-    response = client.post(
-        "/v1/webhooks", json={"url": url, "events": events or ["sent"]}, headers=bearer(tenant)
-    )
-    assert response.status_code == 201, response.get_json()
-    body: dict[str, Any] = response.get_json()
-    return body
-
-
-def record_outcome(
-    db: psycopg.Connection, mail_id: uuid.UUID, status: str = "sent", detail: Any = None
-) -> None:
-    """Record a send's outcome with the worker's own query (the mail must be 'sending')."""
-    db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (mail_id,))
-    db.execute(
-        QUERIES["finish_sending"],
-        {
-            "mail_id": mail_id,
-            "status": status,
-            "last_error": None,
-            "detail": Jsonb(detail or {"smtp_reply": "250 OK"}),
-        },
-    )
-
-
-def deliveries(db: psycopg.Connection) -> list[dict[str, Any]]:
-    cursor = db.execute(
-        "SELECT id, webhook_id, tenant_id, mail_id, event, payload, status, attempts,"
-        " dispatch_count, last_status_code, last_error, delivered_at,"
-        " available_at > now() AS later, EXTRACT(EPOCH FROM available_at - now()) AS due_in"
-        " FROM webhook_deliveries ORDER BY created_at, id"
-    )
-    names = [column.name for column in cursor.description or []]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def relay_round(db: psycopg.Connection, publisher: Publisher, retry_hours: float = 24.0) -> Any:
-    return webhook_round(db, publisher, RelayWebhookPolicy(100, 60.0, retry_hours))
-
-
-def take_messages(settings: Settings) -> list[tuple[dict[str, Any], Any]]:
-    """Every message waiting in the webhook queue, as (headers, body)."""
-    options = broker_transport_options(settings.broker_url, settings.broker_key_prefix)
-    messages = []
-    with Connection(settings.broker_url, transport_options=options) as conn:
-        queue = conn.SimpleQueue(
-            kombu_queue(WEBHOOK_QUEUE, settings.broker_url, settings.queue_prefix)
-        )
-        while True:
-            try:
-                message = queue.get(timeout=0.5)
-            except queue.Empty:
-                break
-            messages.append((message.headers, message.decode()))
-            message.ack()
-        queue.close()
-    return messages
-
-
-def publish_and_run(
-    db: psycopg.Connection,
-    publisher: Publisher,
-    settings: Settings,
-    pool: ConnectionPool,
-    policy: WebhookPolicy = POLICY,
-) -> list[str]:
-    """One relay round, then the worker's task for each message it published."""
-    relay_round(db, publisher)
-    return [
-        deliver_webhook(pool, body[0][0], policy)
-        for headers, body in take_messages(settings)
-        if headers["task"] == DELIVER_WEBHOOK_TASK
-    ]
-
+from tests.webhook_support import (
+    POLICY,
+    Receiver,
+    bearer,
+    create_webhook,
+    deliveries,
+    publish_and_run,
+    record_outcome,
+    relay_round,
+    take_messages,
+)
 
 # --- the API -------------------------------------------------------------------------
 
@@ -212,9 +51,7 @@ def publish_and_run(
 def test_webhooks_are_created_listed_and_deleted_per_tenant(
     client: FlaskClient, tenant: TenantKey, other_tenant: TenantKey
 ) -> None:
-    created = create_webhook(
-        client, tenant, "https://hooks.example.org/mail", ["failed", "sent", "sent"]
-    )
+    created = create_webhook(client, tenant, "https://localhost/mail", ["failed", "sent", "sent"])
     assert set(created) == {"id", "url", "events", "secret", "created_at"}
     assert created["events"] == ["failed", "sent"]
     assert len(created["secret"]) == 64 and int(created["secret"], 16) >= 0
@@ -265,7 +102,7 @@ def test_scopes_send_to_change_and_read_to_list(
 
     read_only = {"Authorization": f"Bearer {add_key(db, tenant, ['read'])}"}
     send_only = {"Authorization": f"Bearer {add_key(db, tenant, ['send'])}"}
-    body = {"url": "https://example.org/", "events": ["sent"]}
+    body = {"url": "https://localhost/", "events": ["sent"]}
     assert client.post("/v1/webhooks", json=body, headers=read_only).status_code == 403
     created = client.post("/v1/webhooks", json=body, headers=send_only)
     assert created.status_code == 201
@@ -278,8 +115,8 @@ def test_scopes_send_to_change_and_read_to_list(
 
 def test_a_tenant_has_at_most_twenty_webhooks(client: FlaskClient, tenant: TenantKey) -> None:
     for number in range(20):
-        create_webhook(client, tenant, f"https://example.org/{number}")
-    body = {"url": "https://example.org/21", "events": ["sent"]}
+        create_webhook(client, tenant, f"https://localhost/{number}")
+    body = {"url": "https://localhost/21", "events": ["sent"]}
     assert client.post("/v1/webhooks", json=body, headers=bearer(tenant)).status_code == 409
 
 
@@ -289,10 +126,10 @@ def test_a_tenant_has_at_most_twenty_webhooks(client: FlaskClient, tenant: Tenan
 def test_an_outcome_enqueues_one_delivery_per_matching_webhook_in_its_transaction(
     client: FlaskClient, db: psycopg.Connection, tenant: TenantKey, other_tenant: TenantKey
 ) -> None:
-    sent_hook = create_webhook(client, tenant, "https://a.example.org/", ["sent", "failed"])
-    create_webhook(client, tenant, "https://b.example.org/", ["dead"])
-    create_webhook(client, other_tenant, "https://c.example.org/", ["sent"])
-    deleted = create_webhook(client, tenant, "https://d.example.org/", ["sent"])
+    sent_hook = create_webhook(client, tenant, "https://localhost/a", ["sent", "failed"])
+    create_webhook(client, tenant, "https://localhost/b", ["dead"])
+    create_webhook(client, other_tenant, "https://localhost/c", ["sent"])
+    deleted = create_webhook(client, tenant, "https://localhost/d", ["sent"])
     client.delete(f"/v1/webhooks/{deleted['id']}", headers=bearer(tenant))
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute(
@@ -337,7 +174,7 @@ def test_every_event_kind_reaches_the_webhooks_that_want_it(
     client: FlaskClient, db: psycopg.Connection, tenant: TenantKey
 ) -> None:
     kinds = list(WEBHOOK_EVENTS)  # what the API accepts is what the trigger fires on
-    create_webhook(client, tenant, "https://all.example.org/", kinds)
+    create_webhook(client, tenant, "https://localhost/all", kinds)
     mail_id = insert_mail(db, tenant.tenant_id)
     for kind in [*kinds, "queued", "sending", "retrying", "cancelled", "redispatched"]:
         db.execute("INSERT INTO mail_events (mail_id, kind) VALUES (%s, %s)", (mail_id, kind))
@@ -537,7 +374,7 @@ def test_a_webhook_deleted_while_its_event_commits_gets_nothing(
     settings: Settings,
     publisher: Publisher,
 ) -> None:
-    create_webhook(client, tenant, "https://example.org/")
+    create_webhook(client, tenant, "https://localhost/")
     record_outcome(db, insert_mail(db, tenant.tenant_id))
     # What a deletion that commits after the event's trigger read the webhook leaves.
     db.execute("UPDATE webhooks SET deleted_at = now()")
@@ -552,7 +389,7 @@ def test_a_webhook_deleted_while_its_event_commits_gets_nothing(
 def test_a_refused_publish_leaves_the_deliveries_due(
     client: FlaskClient, db: psycopg.Connection, tenant: TenantKey, settings: Settings
 ) -> None:
-    create_webhook(client, tenant, "https://example.org/")
+    create_webhook(client, tenant, "https://localhost/")
     record_outcome(db, insert_mail(db, tenant.tenant_id))
     broken = Publisher(replace(settings, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
@@ -566,7 +403,7 @@ def test_a_refused_publish_leaves_the_deliveries_due(
 def test_the_relay_gives_up_when_no_worker_attempts_within_the_window(
     client: FlaskClient, db: psycopg.Connection, tenant: TenantKey, publisher: Publisher
 ) -> None:
-    create_webhook(client, tenant, "https://example.org/")
+    create_webhook(client, tenant, "https://localhost/")
     record_outcome(db, insert_mail(db, tenant.tenant_id))
     record_outcome(db, insert_mail(db, tenant.tenant_id))
     # Both are a day old; one was published and never attempted (no consumer), the
@@ -590,7 +427,7 @@ def test_the_relay_runs_the_webhook_round_as_periodic_work(
     tenant: TenantKey,
     settings: Settings,
 ) -> None:
-    create_webhook(client, tenant, "https://example.org/")
+    create_webhook(client, tenant, "https://localhost/")
     record_outcome(db, insert_mail(db, tenant.tenant_id))
     relay = Relay(settings)
     try:

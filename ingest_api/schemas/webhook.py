@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from shared.webhook_urls import normalise
 
 # The mail events a webhook may subscribe to (the trigger in migration 0007 fires on these).
 WEBHOOK_EVENTS = ("sent", "failed", "dead", "expired", "suppressed", "unsubscribed")
 MAX_URL_LENGTH = 2000
 
 
-def _validate_url(value: str) -> None:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValidationError("not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("an http:// or https:// URL with a host")
-    if parts.fragment or any(c.isspace() or ord(c) < 0x20 for c in value):
-        raise ValidationError("no fragment, spaces or control characters")
+class WebhookUrl(fields.String):
+    """An http(s) URL in the one form the worker calls (``shared.webhook_urls.normalise``):
+    what cannot be normalised is refused here rather than retried for a day there."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return normalise(text)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class NewWebhookSchema(Schema):
@@ -29,10 +31,14 @@ class NewWebhookSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    url = fields.String(
+    url = WebhookUrl(
         required=True,
-        validate=[validate.Length(max=MAX_URL_LENGTH), _validate_url],
-        metadata={"description": "where events are POSTed: http:// or https://"},
+        validate=validate.Length(max=MAX_URL_LENGTH),  # of the normalised form, as stored
+        metadata={
+            "description": "where events are POSTed: http:// or https://, no user:password@;"
+            " stored normalised; its host must not be or resolve to a loopback, private,"
+            " link-local or otherwise non-public address"
+        },
     )
     events = fields.List(
         fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),

@@ -40,6 +40,8 @@ from shared.devstack.processes import Child, ScriptNotFoundError, Supervisor, co
 
 API_HOST = "127.0.0.1"
 DEFAULT_MESSAGE_ID_DOMAIN = "mailroom.localhost"
+# A local stack's webhook receivers run on this machine: let webhooks reach loopback.
+DEV_WEBHOOK_ALLOW_NETWORKS = "127.0.0.0/8,::1/128"
 READY_TIMEOUT = 60.0
 CHILD_STOP_TIMEOUT = 10.0
 WORKER_REQUIRES = ("database_url", "broker_url", "smtp", "message_id_domain")
@@ -168,6 +170,8 @@ def _start_services(stack: ExitStack, data_dir: Path, env: dict[str, str]) -> Pa
         _say(f"SMTP: {_redacted(env[variable_name('smtp')])}")
     if _unset(env, "message_id_domain"):
         env[variable_name("message_id_domain")] = DEFAULT_MESSAGE_ID_DOMAIN
+    if _unset(env, "webhook_allow_networks"):
+        env[variable_name("webhook_allow_networks")] = DEV_WEBHOOK_ALLOW_NETWORKS
     return mail_folder
 
 
