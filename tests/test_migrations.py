@@ -126,3 +126,31 @@ def test_events_are_append_only(db: psycopg.Connection, tenant: TenantKey) -> No
     with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
         db.execute("DELETE FROM mail_events")
     assert db.execute("SELECT kind FROM mail_events").fetchall() == [("accepted",)]
+
+
+def test_a_mail_stored_with_an_unreadable_expiry_is_readable_after_migrating(
+    empty_database: str,
+) -> None:
+    """Before dates were bounded, "9999-12-31T23:59:59-14:00" was stored as the year
+    10000, which Python cannot read: every read of the mail failed."""
+    before, after = [m for m in available_migrations() if m.version.startswith("0009")], []
+    assert before, "the migration exists"
+    with connect(empty_database) as conn:
+        for migration in available_migrations():
+            if not migration.version.startswith("0009"):
+                conn.execute(migration.sql.encode())
+        tenant_id, mail_id = uuid.uuid4(), uuid.uuid4()
+        conn.execute(
+            "INSERT INTO tenants (id, name, sender_domains) VALUES (%s, 't', '{example.com}')",
+            (tenant_id,),
+        )
+        conn.execute(
+            "INSERT INTO mails (id, tenant_id, status, request, expires_at)"
+            " VALUES (%s, %s, 'accepted', '{}', '9999-12-31T23:59:59-14:00')",
+            (mail_id, tenant_id),
+        )
+        with pytest.raises(psycopg.DataError):
+            conn.execute("SELECT expires_at FROM mails").fetchone()
+        conn.execute(before[0].sql.encode())
+        after = conn.execute("SELECT expires_at FROM mails WHERE id = %s", (mail_id,)).fetchall()
+    assert after == [(None,)]
