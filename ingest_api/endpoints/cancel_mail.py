@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from ingest_api.auth import require_scope
 from ingest_api.errors import refuse
+from ingest_api.openapi import PROBLEM
 from ingest_api.schemas.mail import CancelledSchema
 from shared.jsonlog import request_id_var
 from shared.queries import QUERIES
@@ -30,6 +31,7 @@ def _mail_id(value: str) -> uuid.UUID:
 @blp.route("/mails/<mail_id>/cancel")
 class CancelMail(MethodView):
     @blp.response(200, CancelledSchema)
+    @blp.alt_response(409, description="the mail is being sent or was sent", **PROBLEM)
     def post(self, mail_id: str) -> dict[str, Any]:
         """Cancel while ``scheduled``, ``accepted``, ``queued`` or ``retrying``; 409 after."""
         tenant = require_scope("send")

@@ -14,6 +14,7 @@ from ingest_api.campaign_mail import check_fixed_addresses
 from ingest_api.campaign_store import campaign_params
 from ingest_api.errors import refuse
 from ingest_api.new_mail import field_errors
+from ingest_api.openapi import PROBLEM
 from ingest_api.schemas.campaign import CampaignSchema, NewCampaignSchema
 from shared.queries import QUERIES
 
@@ -24,8 +25,9 @@ blp = Blueprint("create_campaign", __name__, url_prefix="/v1", description="Crea
 class CreateCampaign(MethodView):
     @blp.arguments(NewCampaignSchema())
     @blp.response(201, CampaignSchema)
+    @blp.alt_response(409, description="the tenant has a campaign with this key", **PROBLEM)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Create a campaign: Jinja2 templates for from, subject, text and/or html.
+        """Create a campaign: Liquid templates for from, subject, text and/or html.
 
         Templates are checked for syntax now (422 naming the field); a ``from``
         without template syntax must use one of the tenant's sender domains.

@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ingest_api.auth import require_scope
 from ingest_api.errors import refuse
+from ingest_api.openapi import PROBLEM
 from ingest_api.schemas.suppression import NewSuppressionSchema, SuppressionSchema
 from shared.queries import QUERIES
 
@@ -23,6 +24,9 @@ class CreateSuppression(MethodView):
     @blp.response(201, SuppressionSchema)
     @blp.alt_response(
         200, schema=SuppressionSchema, description="the address was already suppressed"
+    )
+    @blp.alt_response(
+        409, description="the entry changed while it was being added; retry", **PROBLEM
     )
     def post(self, data: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Add a ``manual`` entry (201); an address already suppressed keeps its entry (200)."""

@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from ingest_api.auth import require_scope
 from ingest_api.errors import refuse
+from ingest_api.openapi import PROBLEM
 from shared.queries import QUERIES
 
 blp = Blueprint("delete_campaign", __name__, url_prefix="/v1", description="Delete a campaign")
@@ -17,6 +18,7 @@ blp = Blueprint("delete_campaign", __name__, url_prefix="/v1", description="Dele
 @blp.route("/campaigns/<key>")
 class DeleteCampaign(MethodView):
     @blp.response(204)
+    @blp.alt_response(409, description="workflows still use the campaign", **PROBLEM)
     def delete(self, key: str) -> None:
         """Delete a campaign; 409 naming the workflows that still use it.
 

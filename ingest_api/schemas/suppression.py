@@ -33,7 +33,10 @@ class SuppressionListArgsSchema(Schema):
 
     reason = fields.String(validate=validate.OneOf(REASONS))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.String(validate=validate.Length(max=400))
+    # next_cursor as returned (base64url); anything else is a 400 naming `cursor`.
+    cursor = fields.String(
+        validate=validate.Length(max=400), metadata={"pattern": "^[A-Za-z0-9_-]*$"}
+    )
 
 
 class SuppressionPageSchema(Schema):
