@@ -8,17 +8,17 @@ from dataclasses import replace
 
 import psycopg
 import pytest
-from kombu import Connection
 
 from outbox_relay.dispatch import DispatchPolicy, Pauses, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
 from shared.queries import QUERIES
-from shared.queues import SEND_MAIL_TASK, broker_transport_options, kombu_queue
+from shared.queues import SEND_MAIL_TASK
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
 from tests.services import free_port
+from tests.webhook_support import drain_queue
 
 
 @pytest.fixture
@@ -26,23 +26,6 @@ def publisher(settings: Settings) -> Iterator[Publisher]:
     publisher = Publisher(settings)
     yield publisher
     publisher.close()
-
-
-def drain_queue(settings: Settings, name: str = "transactional") -> list[tuple[dict, list]]:
-    """Every message waiting in a queue, as (headers, body)."""
-    options = broker_transport_options(settings.broker_url, settings.broker_key_prefix)
-    messages = []
-    with Connection(settings.broker_url, transport_options=options) as conn:
-        queue = conn.SimpleQueue(kombu_queue(name, settings.broker_url, settings.queue_prefix))
-        while True:
-            try:
-                message = queue.get(timeout=0.5)
-            except queue.Empty:
-                break
-            messages.append((message.headers, message.decode()))
-            message.ack()
-        queue.close()
-    return messages
 
 
 def round_(

@@ -161,14 +161,14 @@ def relay_round(db: psycopg.Connection, publisher: Publisher, retry_hours: float
     return webhook_round(db, publisher, RelayWebhookPolicy(100, 60.0, retry_hours))
 
 
-def take_messages(settings: Settings) -> list[tuple[dict[str, Any], Any]]:
-    """Every message waiting in the webhook queue, as (headers, body)."""
+def drain_queue(
+    settings: Settings, name: str = "transactional"
+) -> list[tuple[dict[str, Any], Any]]:
+    """Every message waiting in a queue, as (headers, body)."""
     options = broker_transport_options(settings.broker_url, settings.broker_key_prefix)
     messages = []
     with Connection(settings.broker_url, transport_options=options) as conn:
-        queue = conn.SimpleQueue(
-            kombu_queue(WEBHOOK_QUEUE, settings.broker_url, settings.queue_prefix)
-        )
+        queue = conn.SimpleQueue(kombu_queue(name, settings.broker_url, settings.queue_prefix))
         while True:
             try:
                 message = queue.get(timeout=0.5)
@@ -178,6 +178,11 @@ def take_messages(settings: Settings) -> list[tuple[dict[str, Any], Any]]:
             message.ack()
         queue.close()
     return messages
+
+
+def take_messages(settings: Settings) -> list[tuple[dict[str, Any], Any]]:
+    """Every message waiting in the webhook queue, as (headers, body)."""
+    return drain_queue(settings, WEBHOOK_QUEUE)
 
 
 def publish_and_run(
