@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
@@ -28,6 +29,7 @@ from mail_worker import deliver as deliver_module
 from mail_worker.compose import ComposeError, compose, message_id, unsafe_character
 from mail_worker.deliver import RetryPolicy, deliver
 from mail_worker.smtp import SmtpClient
+from mail_worker.suppression import UnsubscribeLinks
 from mail_worker.wire_check import WireCheckFailed, check_wire
 from shared.devstack.smtp_sink import SmtpSink
 from tests.conftest import TenantKey, new_key
@@ -35,6 +37,9 @@ from tests.factories import event_kinds, insert_mail, stored_request
 from tests.processes import Processes, http
 from tests.services import free_port
 from tests.strategies import adversarial_mail_requests
+from tests.test_api_mails import post
+from tests.test_campaigns import create
+from tests.test_workflows_cdp import send_event, set_secret
 
 DOMAIN = "mail.test"
 INJECTED_BCC = "=?utf-8?q?hello=0D=0ABcc=3A_victim=40evil.example?="
@@ -433,3 +438,50 @@ def test_through_the_real_pipeline_injection_is_text_and_one_tenant_cannot_jam_a
     print(f"bystander's mail: {alone:.2f} s alone, {behind_the_worst:.2f} s behind the worst")
     # The issue's bound ("a second or two"; it measured 28 s), with room for a loaded CI.
     assert behind_the_worst - alone < 4.0
+
+
+def test_end_user_text_in_cdp_traits_and_trigger_data_reaches_the_wire_as_text(
+    client: FlaskClient,
+    db: psycopg.Connection,
+    tenant: TenantKey,
+    pool: ConnectionPool,
+    smtp: SmtpClient,
+    smtp_sink: SmtpSink,
+) -> None:
+    """A signup form's name field, a trigger's data and a recipient's name, rendered into
+    the subject, the body and the To display name, then sent by the real send step."""
+    create(
+        client, tenant, key="welcome", **{"from": "Shop <shop@example.com>"},
+        subject="Welcome {{ first_name }}", text="Hi {{ first_name }}", html=None, headers={},
+    )  # fmt: skip
+    set_secret(db, tenant)
+    response = post(client, tenant, {"event": "Signed Up", "campaign": "welcome"}, "/v1/workflows")
+    assert response.status_code == 201, response.get_json()
+    traits = {"email": "ann@example.org", "name": INJECTED_BODY, "first_name": INJECTED_BCC}
+    event = {"type": "track", "event": "Signed Up", "messageId": "m-1", "userId": "u-1",
+             "context": {"traits": traits}}  # fmt: skip
+    cdp = send_event(client, tenant, event)
+    assert cdp.status_code == 202 and cdp.get_json()["accepted"] == 1, cdp.get_json()
+    triggered = post(
+        client, tenant,
+        {"recipients": [{"email": "bob@example.org", "name": INJECTED_BCC}],
+         "data": {"first_name": INJECTED_BODY}},
+        "/v1/campaigns/welcome/trigger",
+    )  # fmt: skip
+    assert triggered.status_code == 202, triggered.get_json()
+    ids = [cdp.get_json()["mails"][0]["id"], triggered.get_json()["mails"][0]["id"]]
+    links = UnsubscribeLinks("http://127.0.0.1:8000", "s" * 32)
+    for mail_id in ids:
+        outcome = deliver(
+            pool, smtp, mail_id, message_id_domain=DOMAIN, worker="test", unsubscribe=links
+        )
+        assert outcome == "sent"
+    received = {m.parsed()["Message-ID"]: m for m in smtp_sink.wait_for(2, timeout=5)}
+    expected = {ids[0]: (INJECTED_BODY, INJECTED_BCC), ids[1]: (INJECTED_BCC, INJECTED_BODY)}
+    for mail_id, (name, first_name) in expected.items():
+        mail = received[message_id(mail_id, DOMAIN)]
+        parsed = mail.parsed()
+        assert b"\r\nBcc:" not in mail.data and b"\r\nContent-Type: text/html" not in mail.data
+        assert parsed["To"].addresses[0].display_name == name
+        assert str(parsed["Subject"]) == f"Welcome {first_name}"
+        assert parsed.get_content().rstrip() == f"Hi {first_name}"
