@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_smorest import Blueprint
 
 from ingest_api import auth, metrics, openapi, strict_json
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
@@ -110,8 +109,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app, settings)  # every /v1 request: API key, then rate limit
     app.before_request(_refuse_oversized_stream)  # after auth: no /v1 body read without a key
 
-    # Every flask-smorest endpoint shares this parser: its JSON bodies go through strict_json.
-    strict_json.install(Blueprint.ARGUMENTS_PARSER)
     api = openapi.create_api(app)
     for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
         api.register_blueprint(endpoint.blp)

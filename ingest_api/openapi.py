@@ -12,6 +12,8 @@ from flask_smorest import Api, Blueprint
 from marshmallow import Schema, fields
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
+from ingest_api import strict_json
+
 PROBLEM_JSON = "application/problem+json"
 
 SETTINGS: dict[str, Any] = {
@@ -133,6 +135,8 @@ def create_api(app: Flask) -> MailroomApi:
     # a misspelt parameter (?statuss=sent) was silently ignored although the schemas
     # say RAISE: let each schema's Meta.unknown decide (422 naming the parameter).
     Blueprint.ARGUMENTS_PARSER.unknown = None
+    # The same shared parser loads every JSON body through strict_json.
+    strict_json.install(Blueprint.ARGUMENTS_PARSER)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     app.add_url_rule(
         SETTINGS["OPENAPI_SWAGGER_UI_URL"] + "<path:filename>",

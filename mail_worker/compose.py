@@ -279,7 +279,7 @@ def compose(
     headers.append(f"Message-ID: {message_id(mail_id, domain)}\r\n")
     for name, value in client_headers(request, list_unsubscribe).items():
         headers.append(client_header(name, value, utf8=utf8))
-    return "".join(headers).encode("utf-8") + _body(request).as_bytes()
+    return "".join(headers).encode("utf-8") + _body(request, utf8=utf8).as_bytes()
 
 
 def client_headers(request: Mapping[str, Any], list_unsubscribe: str | None) -> dict[str, str]:
@@ -296,9 +296,9 @@ def client_headers(request: Mapping[str, Any], list_unsubscribe: str | None) -> 
     return headers
 
 
-def _body(request: Mapping[str, Any]) -> EmailMessage:
+def _body(request: Mapping[str, Any], *, utf8: bool) -> EmailMessage:
     """The MIME entity: text and/or html, attachments and inline images."""
-    body = EmailMessage(policy=_UTF8_POLICY if needs_smtputf8(request) else _POLICY)
+    body = EmailMessage(policy=_UTF8_POLICY if utf8 else _POLICY)
     text, html = request.get("text"), request.get("html")
     if text:
         body.set_content(text)

@@ -73,6 +73,13 @@ def post_webhook(client: FlaskClient, tenant: TenantKey, url: str) -> Any:
     )
 
 
+def assert_refused(client: FlaskClient, tenant: TenantKey, url: str, reason: str) -> None:
+    """A 422 naming `url` with *reason* in its message."""
+    response = post_webhook(client, tenant, url)
+    assert response.status_code == 422
+    assert reason in response.get_json()["errors"]["url"][0]
+
+
 # --- registration -------------------------------------------------------------------
 
 BLOCKED_AT_REGISTRATION = [
@@ -120,9 +127,7 @@ def test_blocked_hosts_are_refused_at_registration(
 def test_the_apis_own_address_is_refused(
     strict_client: FlaskClient, tenant: TenantKey, settings: Settings
 ) -> None:
-    response = post_webhook(strict_client, tenant, f"{settings.public_url}/v1/webhooks")
-    assert response.status_code == 422
-    assert "loopback" in response.get_json()["errors"]["url"][0]
+    assert_refused(strict_client, tenant, f"{settings.public_url}/v1/webhooks", "loopback")
 
 
 @pytest.mark.parametrize(
@@ -161,9 +166,7 @@ def test_the_allow_list_opens_only_its_own_networks(
     client: FlaskClient, tenant: TenantKey, url: str, reason: str
 ) -> None:
     """Loopback is allowed in the test settings; nothing else blocked is."""
-    response = post_webhook(client, tenant, url)
-    assert response.status_code == 422
-    assert reason in response.get_json()["errors"]["url"][0]
+    assert_refused(client, tenant, url, reason)
 
 
 @pytest.mark.parametrize(
@@ -190,9 +193,7 @@ def test_public_addresses_need_no_allow_list(
 def test_urls_that_cannot_be_sent_are_refused(
     client: FlaskClient, tenant: TenantKey, url: str, reason: str
 ) -> None:
-    response = post_webhook(client, tenant, url)
-    assert response.status_code == 422
-    assert reason in response.get_json()["errors"]["url"][0]
+    assert_refused(client, tenant, url, reason)
 
 
 # --- normalisation ------------------------------------------------------------------
