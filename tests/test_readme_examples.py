@@ -1,8 +1,9 @@
-"""The README's curl examples, run against the API as written (same order, same bodies).
+"""The curl examples of README.md and docs/api.md, run against the API as written.
 
 Each ``curl -sS http://127.0.0.1:8000/... -d '<json>'`` of a ``sh`` block is posted
-with the test tenant's key; when the block says what comes back (``# 201 {...}``),
-that status must come back. A README example that stops working fails here.
+with the test tenant's key, file by file in the order they are read (README.md
+first, then docs/api.md, which builds on it); when the block says what comes back
+(``# 201 {...}``), that status must come back. An example that stops working fails here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from flask.testing import FlaskClient
 
 from tests.conftest import TenantKey
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPOSITORY = Path(__file__).resolve().parent.parent
+# The pages whose examples run, in the order a reader meets them.
+DOCUMENTS = (REPOSITORY / "README.md", REPOSITORY / "docs" / "api.md")
 _BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 _CURL = re.compile(
     r"curl -sS http://127\.0\.0\.1:8000(?P<path>/v1/[^\s\\]+)[^\n]*\n"
@@ -24,18 +27,25 @@ _CURL = re.compile(
 )
 
 
-def examples() -> list[tuple[str, str, int | None]]:
+def examples(document: Path) -> list[tuple[str, str, int | None]]:
     found = []
-    for block in _BLOCK.findall(README.read_text(encoding="utf-8")):
+    for block in _BLOCK.findall(document.read_text(encoding="utf-8")):
         for match in _CURL.finditer(block):
             status = int(match["status"]) if match["status"] else None
             found.append((match["path"], match["body"], status))
     return found
 
 
+def test_every_document_has_curl_examples_the_test_finds() -> None:
+    # A page whose examples the regex stops matching would otherwise pass unnoticed.
+    for document in DOCUMENTS:
+        assert examples(document), document
+
+
 def test_the_readme_examples_run_as_written(client: FlaskClient, tenant: TenantKey) -> None:
     ran = []
-    for path, body, status in examples():
+    every_example = [example for document in DOCUMENTS for example in examples(document)]
+    for path, body, status in every_example:
         response = client.post(
             path, data=body, content_type="application/json",
             headers={"Authorization": f"Bearer {tenant.key}"},
