@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
+from shared.streams import PUBLISH_ORDER, Stream
+
 SEND_MAIL_TASK = "mailroom.send_mail"
 CANARY_TASK = "mailroom.canary"
 DELIVER_WEBHOOK_TASK = "mailroom.deliver_webhook"  # status webhooks
@@ -17,12 +19,13 @@ DELIVER_WEBHOOK_TASK = "mailroom.deliver_webhook"  # status webhooks
 # The PostgreSQL channel on which the API wakes the relays after committing mail.
 OUTBOX_CHANNEL = "mailroom_outbox"
 
-TRANSACTIONAL_QUEUE = "transactional"
-CAMPAIGN_QUEUE = "campaign"
+# A stream's queue is named after it (shared.streams).
+TRANSACTIONAL_QUEUE = Stream.TRANSACTIONAL.queue
+CAMPAIGN_QUEUE = Stream.CAMPAIGN.queue
 
-STREAM_QUEUES = {"transactional": TRANSACTIONAL_QUEUE, "campaign": CAMPAIGN_QUEUE}
+STREAM_QUEUES = {stream.value: stream.queue for stream in Stream}
 # The order in which a relay fills a batch: a campaign burst never delays a password reset.
-QUEUE_PRIORITY = (TRANSACTIONAL_QUEUE, CAMPAIGN_QUEUE)
+QUEUE_PRIORITY = tuple(stream.queue for stream in PUBLISH_ORDER)
 # ----- status webhooks -----
 # Webhook deliveries have their own queue, so a slow receiver never delays mail.
 # It is not a mail stream: no mail outbox rows and no canary (QUEUE_PRIORITY is

@@ -56,8 +56,17 @@ TRANSITIONS: dict[MailStatus, frozenset[MailStatus]] = {
     MailStatus.QUEUED: frozenset(
         {MailStatus.SENDING, MailStatus.CANCELLED, MailStatus.DEAD, MailStatus.EXPIRED}
     ),
+    # DEAD and EXPIRED from SENDING: a transient failure at the attempt limit or past
+    # expires_at, or a worker lost while sending at the attempt limit.
     MailStatus.SENDING: frozenset(
-        {MailStatus.SENT, MailStatus.FAILED, MailStatus.RETRYING, MailStatus.SUPPRESSED}
+        {
+            MailStatus.SENT,
+            MailStatus.FAILED,
+            MailStatus.RETRYING,
+            MailStatus.SUPPRESSED,
+            MailStatus.DEAD,
+            MailStatus.EXPIRED,
+        }
     ),
     MailStatus.RETRYING: frozenset(
         {MailStatus.SENDING, MailStatus.DEAD, MailStatus.EXPIRED, MailStatus.CANCELLED}

@@ -18,7 +18,7 @@ from outbox_relay.dispatch import DispatchPolicy, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from tests.conftest import TenantKey
-from tests.factories import event_kinds, status_of
+from tests.factories import event_kinds, state_machine_off, status_of
 from tests.test_api import MAIL, auth, counts
 
 
@@ -214,7 +214,8 @@ def test_cancel_before_sending_and_409_after(
     assert event_kinds(db, uuid.UUID(mail_id)) == ["scheduled", "cancelled"]
 
     sending_id = post(client, tenant, MAIL).get_json()["id"]
-    db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (sending_id,))
+    with state_machine_off(db):
+        db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (sending_id,))
     conflict = client.post(f"/v1/mails/{sending_id}/cancel", headers=auth(tenant))
     assert conflict.status_code == 409
     assert "sending" in conflict.get_json()["detail"]

@@ -21,7 +21,7 @@ from outbox_relay.relay import Relay
 from shared.config import Settings
 from shared.pipeline_health import is_healthy, pipeline_health
 from tests.conftest import TenantKey, settings_env
-from tests.factories import event_kinds, insert_mail, status_of
+from tests.factories import event_kinds, insert_mail, state_machine_off, status_of
 from tests.services import free_port
 
 
@@ -130,10 +130,11 @@ def test_a_mail_whose_worker_was_lost_goes_back_to_the_outbox_after_a_backoff(
 ) -> None:
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute("DELETE FROM outbox")
-    db.execute(
-        "UPDATE mails SET status = 'sending', attempts = 1,"
-        " updated_at = now() - interval '10 minutes'"
-    )
+    with state_machine_off(db):
+        db.execute(
+            "UPDATE mails SET status = 'sending', attempts = 1,"
+            " updated_at = now() - interval '10 minutes'"
+        )
     relay = Relay(replace(settings, sending_timeout=300, send_retry_base=30))
     relay._recover_abandoned_sends()
     relay._close()
@@ -152,10 +153,11 @@ def test_a_mail_that_keeps_losing_its_worker_is_dead_at_the_attempt_limit(
     """A mail that kills every worker taking it (a poison mail) cannot loop forever."""
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute("DELETE FROM outbox")
-    db.execute(
-        "UPDATE mails SET status = 'sending', attempts = 3,"
-        " updated_at = now() - interval '10 minutes'"
-    )
+    with state_machine_off(db):
+        db.execute(
+            "UPDATE mails SET status = 'sending', attempts = 3,"
+            " updated_at = now() - interval '10 minutes'"
+        )
     relay = Relay(replace(settings, sending_timeout=300, send_max_attempts=3))
     relay._recover_abandoned_sends()
     relay._close()
@@ -173,7 +175,8 @@ def test_status_reports_mails_that_keep_failing(
     add_canary(db, "campaign", published_ago=1, received_ago=0.5)
     mail_id = insert_mail(db, tenant.tenant_id)
     assert run_status(settings).exit_code == 0
-    db.execute("UPDATE mails SET status = 'retrying', attempts = 2 WHERE id = %s", (mail_id,))
+    with state_machine_off(db):
+        db.execute("UPDATE mails SET status = 'retrying', attempts = 2 WHERE id = %s", (mail_id,))
     result = run_status(settings, "--json")
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
@@ -186,7 +189,8 @@ def test_a_slow_send_within_the_timeout_is_left_alone(
 ) -> None:
     mail_id = insert_mail(db, tenant.tenant_id)
     db.execute("DELETE FROM outbox")
-    db.execute("UPDATE mails SET status = 'sending', updated_at = now() - interval '1 minute'")
+    with state_machine_off(db):
+        db.execute("UPDATE mails SET status = 'sending', updated_at = now() - interval '1 minute'")
     relay = Relay(replace(settings, sending_timeout=300))
     relay._recover_abandoned_sends()
     relay._close()

@@ -24,6 +24,7 @@ from outbox_relay.webhook_dispatch import WebhookPolicy as RelayWebhookPolicy
 from outbox_relay.webhook_dispatch import webhook_round
 from shared.config import Settings, parse_networks
 from shared.queries import QUERIES
+from tests.factories import state_machine_off
 from shared.queues import (
     DELIVER_WEBHOOK_TASK,
     WEBHOOK_QUEUE,
@@ -134,7 +135,8 @@ def record_outcome(
     db: psycopg.Connection, mail_id: uuid.UUID, status: str = "sent", detail: Any = None
 ) -> None:
     """Record a send's outcome with the worker's own query (the mail must be 'sending')."""
-    db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (mail_id,))
+    with state_machine_off(db):
+        db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (mail_id,))
     db.execute(
         QUERIES["finish_sending"],
         {

@@ -94,14 +94,12 @@ FOR UPDATE OF o;
 -- name: cancel_mail
 -- Cancel a mail whose sending has not begun; its outbox row goes with it.
 WITH cancelled AS (
-    UPDATE mails SET status = 'cancelled', updated_at = now()
-    WHERE id = %(mail_id)s AND tenant_id = %(tenant_id)s AND status = ANY(%(from_statuses)s)
+    UPDATE mails SET status = 'cancelled', status_detail = %(detail)s, updated_at = now()
+    WHERE id = %(mail_id)s AND tenant_id = %(tenant_id)s
+      AND status = ANY(mailroom_may_become('cancelled'))
     RETURNING id
 ), removed AS (
     DELETE FROM outbox WHERE mail_id IN (SELECT id FROM cancelled)
-), event AS (
-    INSERT INTO mail_events (mail_id, kind, detail)
-    SELECT id, 'cancelled', %(detail)s FROM cancelled
 )
 SELECT id FROM cancelled;
 
@@ -144,95 +142,87 @@ SELECT stream, tenant_id FROM relay_pauses;
 WITH input AS (
     SELECT * FROM unnest(%(mail_ids)s::uuid[], %(reasons)s::text[]) AS t(id, reason)
 ), dead AS (
-    UPDATE mails SET status = 'dead', last_error = input.reason, updated_at = now()
+    UPDATE mails SET status = 'dead', last_error = input.reason,
+                     status_detail = jsonb_build_object('reason', input.reason), updated_at = now()
     FROM input
-    WHERE mails.id = input.id AND mails.status = ANY(%(from_statuses)s)
-    RETURNING mails.id, input.reason
-), removed AS (
-    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM dead)
+    WHERE mails.id = input.id AND mails.status = ANY(mailroom_may_become('dead'))
+      AND mails.status <> 'sending'  -- a mail being sent is its worker's to finish
+    RETURNING mails.id
 )
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'dead', jsonb_build_object('reason', reason) FROM dead;
+DELETE FROM outbox WHERE mail_id IN (SELECT id FROM dead);
 
 -- name: expire_mails
 -- Mails past expires_at leave the outbox as 'expired' instead of being sent late.
 WITH expired AS (
-    UPDATE mails SET status = 'expired', updated_at = now()
-    WHERE id = ANY(%(mail_ids)s) AND status = ANY(%(from_statuses)s)
+    UPDATE mails SET status = 'expired', updated_at = now(),
+                     status_detail = jsonb_build_object('expires_at', expires_at, 'by', %(by)s::text)
+    WHERE id = ANY(%(mail_ids)s) AND status = ANY(mailroom_may_become('expired'))
+      AND status <> 'sending'  -- a mail being sent is its worker's to finish
       AND expires_at <= now()
-    RETURNING id, expires_at
-), removed AS (
-    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM expired)
+    RETURNING id
 )
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'expired', jsonb_build_object('expires_at', expires_at, 'by', %(by)s::text)
-FROM expired;
+DELETE FROM outbox WHERE mail_id IN (SELECT id FROM expired);
 
 -- name: record_published
 -- After publishing: lease the rows with exponential backoff (due again only if no
 -- worker picks them up in time), move fresh mails to 'queued', and record each
--- publish as 'queued' (the first) or 'redispatched'.
+-- publish as 'queued' (the first) or 'redispatched'. The status change writes its own
+-- 'queued' event (the mails_transitions trigger); this statement writes the events of
+-- publishes that change no status (a retrying mail's first publish, every redispatch).
 WITH leased AS (
     UPDATE outbox
-    SET available_at = now() + make_interval(
-            secs => LEAST(%(visibility_timeout)s * power(2, dispatch_count), %(max_lease)s)),
+    SET available_at = now() + mailroom_backoff(%(visibility_timeout)s, dispatch_count, %(max_lease)s),
         dispatch_count = dispatch_count + 1
     WHERE id = ANY(%(outbox_ids)s)
     RETURNING mail_id, dispatch_count, available_at
 ), queued AS (
-    UPDATE mails SET status = 'queued', updated_at = now()
+    UPDATE mails SET status = 'queued', updated_at = now(),
+                     status_detail = jsonb_build_object('dispatch', leased.dispatch_count,
+                                                        'next_check', leased.available_at)
     FROM leased
-    WHERE mails.id = leased.mail_id AND mails.status IN ('accepted', 'scheduled')
+    WHERE mails.id = leased.mail_id AND mails.status = ANY(mailroom_may_become('queued'))
+    RETURNING mails.id
 )
 INSERT INTO mail_events (mail_id, kind, detail)
 SELECT mail_id,
        CASE WHEN dispatch_count = 1 THEN 'queued' ELSE 'redispatched' END,
        jsonb_build_object('dispatch', dispatch_count, 'next_check', available_at)
-FROM leased;
+FROM leased WHERE mail_id NOT IN (SELECT id FROM queued);
 
 -- name: begin_sending
 -- The compare-and-set that makes a duplicate delivery a no-op. When it wins it
 -- also deletes the outbox row (the relay's end-to-end acknowledgement) and
--- records the 'sending' event; when it loses it changes nothing.
+-- records the 'sending' event (the mails_transitions trigger); when it loses it changes nothing.
 WITH picked AS (
     UPDATE mails
-    SET status = 'sending', attempts = attempts + 1, updated_at = now()
-    WHERE id = %(mail_id)s AND status = ANY(%(from_statuses)s)
+    SET status = 'sending', attempts = attempts + 1, updated_at = now(),
+        status_detail = jsonb_build_object('attempt', attempts + 1, 'worker', %(worker)s::text)
+    WHERE id = %(mail_id)s AND status = ANY(mailroom_may_become('sending'))
       AND (expires_at IS NULL OR expires_at > now())
     RETURNING id, tenant_id, stream, request, attempts, expires_at
 ), acknowledged AS (
     DELETE FROM outbox WHERE mail_id IN (SELECT id FROM picked)
-), event AS (
-    INSERT INTO mail_events (mail_id, kind, detail)
-    SELECT id, 'sending', jsonb_build_object('attempt', attempts, 'worker', %(worker)s::text)
-    FROM picked
 )
 SELECT id, tenant_id, stream, request, attempts, expires_at FROM picked;
 
 -- name: finish_sending
--- The outcome of a send attempt, with its event.
-WITH finished AS (
-    UPDATE mails
-    SET status = %(status)s, last_error = %(last_error)s, updated_at = now()
-    WHERE id = %(mail_id)s AND status = 'sending'
-    RETURNING id
-)
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, %(status)s, %(detail)s FROM finished;
+-- The outcome of a send attempt (its event comes from the mails_transitions trigger).
+UPDATE mails
+SET status = %(status)s, last_error = %(last_error)s, status_detail = %(detail)s, updated_at = now()
+WHERE id = %(mail_id)s AND status = 'sending'
+  AND status = ANY(mailroom_may_become(%(status)s));
 
 -- name: schedule_retry
 -- A transient failure: back into the outbox, due after the backoff; the broker holds nothing.
 WITH retrying AS (
-    UPDATE mails SET status = 'retrying', last_error = %(last_error)s, updated_at = now()
+    UPDATE mails SET status = 'retrying', last_error = %(last_error)s,
+                     status_detail = %(detail)s, updated_at = now()
     WHERE id = %(mail_id)s AND status = 'sending'
     RETURNING id, stream
-), requeued AS (
-    -- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
-    INSERT INTO outbox (mail_id, queue, available_at)
-    SELECT id, stream, now() + make_interval(secs => %(delay)s) FROM retrying
 )
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'retrying', %(detail)s FROM retrying;
+-- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+INSERT INTO outbox (mail_id, queue, available_at)
+SELECT id, stream, now() + make_interval(secs => %(delay)s) FROM retrying;
 
 -- name: applied_migrations
 -- Versions already applied.
@@ -345,21 +335,19 @@ WITH abandoned AS (
         last_error = CASE WHEN attempts >= %(max_attempts)s
             THEN 'gave up after ' || attempts || ' attempts: the worker was lost while sending'
             ELSE 'no outcome recorded within the sending timeout: the worker was lost'
-        END
+        END,
+        status_detail = jsonb_build_object('reason', 'worker lost while sending',
+                                           'attempt', attempts)
     WHERE status = 'sending'
       AND updated_at < now() - make_interval(secs => %(sending_timeout)s)
     RETURNING id, stream, status, attempts
-), requeued AS (
-    -- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
-    INSERT INTO outbox (mail_id, queue, available_at)
-    SELECT id, stream,
-           now() + make_interval(secs => LEAST(%(retry_base)s * power(2, attempts - 1), 3600))
-    FROM abandoned WHERE status = 'retrying'
-    ON CONFLICT (mail_id) DO NOTHING
 )
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, status, jsonb_build_object('reason', 'worker lost while sending', 'attempt', attempts)
-FROM abandoned;
+-- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+INSERT INTO outbox (mail_id, queue, available_at)
+SELECT id, stream,
+       now() + mailroom_backoff(%(retry_base)s, attempts - 1, 3600)
+FROM abandoned WHERE status = 'retrying'
+ON CONFLICT (mail_id) DO NOTHING;
 
 -- name: release_leases
 -- After a broken link is repaired: publish every in-flight row now, not after its backoff.
@@ -577,8 +565,8 @@ FOR UPDATE OF d SKIP LOCKED;
 -- After publishing: due again only if no worker attempts them in time (doubling per
 -- publish no worker answered, at most max_lease).
 UPDATE webhook_deliveries
-SET available_at = now() + make_interval(secs => LEAST(
-        %(visibility_timeout)s * power(2, dispatch_count - attempts), %(max_lease)s)),
+SET available_at = now() + mailroom_backoff(
+        %(visibility_timeout)s, dispatch_count - attempts, %(max_lease)s),
     dispatch_count = dispatch_count + 1
 WHERE id = ANY(%(ids)s);
 

@@ -45,10 +45,15 @@ WITH candidate AS (
     LIMIT %(batch_size)s
     FOR UPDATE OF m
 ), replayed AS (
+    -- The 'replayed' event comes from the mails_transitions trigger, with status_detail.
     UPDATE mails m
-    SET status = 'accepted', attempts = 0, last_error = NULL, updated_at = now()
+    SET status = 'accepted', attempts = 0, last_error = NULL, updated_at = now(),
+        status_detail = %(detail)s::jsonb || jsonb_build_object(
+            'previous_status', c.status, 'previous_attempts', c.attempts,
+            'previous_error', c.last_error)
     FROM candidate c
     WHERE m.id = c.id AND c.skip_reason IS NULL AND m.status = ANY(%(statuses)s::text[])
+      AND m.status = ANY(mailroom_may_become('accepted'))
     RETURNING m.id
 ), queued AS (
     -- The queue is named after the stream; a new row's age (created_at) starts now, so the
@@ -56,13 +61,6 @@ WITH candidate AS (
     INSERT INTO outbox (mail_id, queue)
     SELECT c.id, c.stream FROM candidate c JOIN replayed r USING (id)
     ON CONFLICT (mail_id) DO NOTHING
-), event AS (
-    INSERT INTO mail_events (mail_id, kind, detail)
-    SELECT c.id, 'replayed',
-           %(detail)s::jsonb || jsonb_build_object(
-               'previous_status', c.status, 'previous_attempts', c.attempts,
-               'previous_error', c.last_error)
-    FROM candidate c JOIN replayed r USING (id)
 )
 SELECT c.id, t.name AS tenant, c.stream, c.status AS previous_status, c.created_at,
        c.skip_reason, r.id IS NOT NULL AS changed
@@ -86,13 +84,11 @@ WITH candidate AS (
     LIMIT %(batch_size)s
     FOR UPDATE OF m
 ), discarded AS (
-    UPDATE mails m SET status = 'discarded', updated_at = now()
+    UPDATE mails m SET status = 'discarded', status_detail = %(detail)s::jsonb, updated_at = now()
     FROM candidate c
     WHERE m.id = c.id AND m.status = ANY(%(statuses)s::text[])
+      AND m.status = ANY(mailroom_may_become('discarded'))
     RETURNING m.id
-), event AS (
-    INSERT INTO mail_events (mail_id, kind, detail)
-    SELECT id, 'discarded', %(detail)s::jsonb FROM discarded
 )
 SELECT c.id, t.name AS tenant, c.stream, c.status AS previous_status, c.created_at,
        NULL::text AS skip_reason, d.id IS NOT NULL AS changed
