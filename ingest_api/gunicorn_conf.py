@@ -1,16 +1,27 @@
 """gunicorn settings for ``ingest-api serve`` (``-c python:ingest_api.gunicorn_conf``).
 
 Threaded workers keep client connections alive and share one database pool per
-process; bind and worker count come from the command line.
+process; bind and worker count come from the command line, the rest from the
+configuration loader like every other process.
 """
 
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import ThreadWorker
+
+from shared.config import ConfigError, load_settings
+
+# ``ingest-api serve`` has checked the configuration already; this is for gunicorn
+# started by hand (bench/celery_baseline.py): one line, not gunicorn's traceback.
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    sys.exit(f"ingest-api: configuration error: {exc}")
 
 # The field a problem+json body names for the requests gunicorn itself refuses.
 _REFUSED_PART = {414: "url", 431: "headers"}
@@ -74,7 +85,7 @@ class ProblemJsonThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn i
 
 
 worker_class = ProblemJsonThreadWorker  # gthread, with problem+json errors
-threads = int(os.environ.get("MAILROOM_API_THREADS", "8"))
+threads = _settings.api_threads
 keepalive = 30
 graceful_timeout = 20
 timeout = 60
@@ -86,7 +97,7 @@ proc_name = "ingest-api"
 
 def child_exit(server: object, worker: Any) -> None:
     """A worker ended: let prometheus_client drop its live-gauge files (see metrics.py)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _settings.prometheus_multiproc_dir:
         from prometheus_client import multiprocess  # noqa: PLC0415 - only in multiprocess mode
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
@@ -94,6 +105,7 @@ def child_exit(server: object, worker: Any) -> None:
 
 def on_exit(server: object) -> None:
     """gunicorn stops: remove the metrics folder ``ingest-api serve`` made for it."""
+    # Not configuration: serve's note to this hook that it made the folder itself.
     folder = os.environ.get("INGEST_API_OWNED_METRICS_DIR")
-    if folder and folder == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if folder and folder == _settings.prometheus_multiproc_dir:
         shutil.rmtree(folder, ignore_errors=True)

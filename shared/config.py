@@ -1,18 +1,38 @@
 """The one configuration loader: environment variables prefixed ``MAILROOM_``.
 
-Every process calls :func:`load_settings` at start with the names it needs; a
-missing or malformed value raises :class:`ConfigError`, whose message names the
-variable, and the entry points turn it into one line on stderr and exit 2.
+:class:`Settings` is the list of variables: each field is read from ``MAILROOM_``
++ its name in capitals (except the few in ``_VARIABLES_NAMED_OTHERWISE``), and its
+type and validators say what a value must look like. Building a Settings directly
+(tests, benchmarks) reads no environment but checks the values all the same.
+
+Every process calls :func:`load_settings` at start with the names it needs;
+pydantic-settings reads the variables, a missing or malformed value raises
+:class:`ConfigError`, whose message names the variable, and the entry points turn
+it into one line on stderr and exit 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    create_model,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 PREFIX = "MAILROOM_"
 
@@ -23,70 +43,25 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names it."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SmtpTarget:
     host: str
     port: int
     security: str  # "plain", "starttls" or "tls" (implicit TLS, smtps://)
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = dataclasses.field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str = ""
-    broker_url: str = ""
-    smtp: SmtpTarget | None = None
-    message_id_domain: str = ""
-    broker_key_prefix: str = ""
-    db_pool_size: int = 8
-    db_connect_timeout: float = 3.0
-    relay_batch_size: int = 200
-    relay_poll_interval: float = 1.0
-    relay_visibility_timeout: float = 60.0
-    relay_publish_timeout: float = 5.0
-    relay_max_dispatches: int = 8
-    relay_max_age: float = 86400.0
-    relay_metrics_port: int = 9108
-    canary_interval: float = 15.0
-    canary_threshold: float = 60.0
-    sending_timeout: float = 300.0
-    send_max_attempts: int = 6
-    send_retry_base: float = 30.0
-    queue_prefix: str = ""
-    smtp_timeout: float = 30.0
-    # A PEM CA bundle that verifies the SMTP server's certificate instead of the system's.
-    smtp_ca_file: str = ""
-    log_level: str = "INFO"
-    # Per-API-key rate limit (token bucket in Redis); no URL means no rate limiting.
-    rate_limit_url: str = ""
-    rate_limit_rate: float = 50.0
-    rate_limit_burst: int = 100
-    rate_limit_prefix: str = "mailroom:ratelimit:"
-    # ----- suppressions and unsubscribes -----
-    # The API's public base URL (one-click unsubscribe links in campaign mails) and
-    # the key that signs those links; the API and the worker must share both.
-    public_url: str = "http://127.0.0.1:8000"
-    unsubscribe_secret: str = field(default="", repr=False)
-    # ----- status webhooks -----
-    # Failed deliveries are retried with backoff (base seconds, doubling, at most an
-    # hour) until this many hours after the event; each POST times out after webhook_timeout.
-    webhook_retry_hours: float = 24.0
-    webhook_retry_base: float = 30.0
-    webhook_timeout: float = 10.0
-    # Networks webhook URLs may reach although they are private, loopback, link-local...
-    # (see shared/webhook_urls.py); empty: only public addresses are called.
-    webhook_allow_networks: tuple[IPNetwork, ...] = ()
+# ----- the checks pydantic does not know; each raises ValueError with what it expected -----
 
 
-def _parse_database_url(value: str) -> str:
-    scheme = urlsplit(value).scheme
-    if scheme not in ("postgresql", "postgres"):
+def _database_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("postgresql", "postgres"):
         raise ValueError("expected postgresql://user@host:port/dbname")
     return value
 
 
-def _parse_broker_url(value: str) -> str:
+def _broker_url(value: str) -> str:
     scheme = urlsplit(value).scheme
     if scheme not in ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory"):
         raise ValueError("expected redis://host:port/db or amqp://user:pass@host:port/vhost")
@@ -117,54 +92,42 @@ def parse_smtp_url(value: str) -> SmtpTarget:
     )
 
 
-def _parse_domain(value: str) -> str:
+def _domain(value: str) -> str:
     domain = value.strip().lower()
     if not domain or any(c in domain for c in "<>@ \t\r\n") or "." not in domain:
         raise ValueError("expected a domain name such as mail.example.com")
     return domain
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError("must be greater than zero")
-        return number
-
-    return parse
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError("expected a port number (0 turns it off)")
-    return port
-
-
-def _parse_queue_prefix(value: str) -> str:
+def _queue_prefix(value: str) -> str:
     if not all(c.isalnum() or c in "-_." for c in value):
         raise ValueError("letters, digits, '-', '_' and '.' only")
     return value
 
 
-def _parse_ca_file(value: str) -> str:
+def _ca_file(value: str) -> str:
     if not os.path.isfile(value):
         raise ValueError("expected the path of a PEM CA bundle (no such file)")
     return value
 
 
-def _parse_log_level(value: str) -> str:
+def _log_level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return level
 
 
-# ----- suppressions and unsubscribes -----
+def _rate_limit_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected redis://host:port/db, rediss://… or unix:///path")
+    return value
+
+
 MIN_UNSUBSCRIBE_SECRET_LENGTH = 16
 
 
-def _parse_public_url(value: str) -> str:
+def _public_url(value: str) -> str:
     parts = urlsplit(value)
     if (
         parts.scheme not in ("http", "https")
@@ -178,7 +141,7 @@ def _parse_public_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_unsubscribe_secret(value: str) -> str:
+def _unsubscribe_secret(value: str) -> str:
     if len(value) < MIN_UNSUBSCRIBE_SECRET_LENGTH:
         raise ValueError(f"at least {MIN_UNSUBSCRIBE_SECRET_LENGTH} characters")
     return value
@@ -198,73 +161,143 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _parse_rate_limit_url(value: str) -> str:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("expected redis://host:port/db, rediss://… or unix:///path")
-    return value
+def _unset_or(check: Callable[[str], str]) -> AfterValidator:
+    """*check* a text, but let "" through: it is the default of these fields and means unset
+    (``dataclasses.replace`` passes every field again, defaults included)."""
+    return AfterValidator(lambda value: check(value) if value else value)
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "database_url": _parse_database_url,
-    "broker_url": _parse_broker_url,
-    "smtp": parse_smtp_url,
-    "message_id_domain": _parse_domain,
-    "broker_key_prefix": str,
-    "db_pool_size": _positive(int),
-    "db_connect_timeout": _positive(float),
-    "relay_batch_size": _positive(int),
-    "relay_poll_interval": _positive(float),
-    "relay_visibility_timeout": _positive(float),
-    "relay_publish_timeout": _positive(float),
-    "relay_max_dispatches": _positive(int),
-    "relay_max_age": _positive(float),
-    "relay_metrics_port": _port,
-    "canary_interval": _positive(float),
-    "canary_threshold": _positive(float),
-    "sending_timeout": _positive(float),
-    "send_max_attempts": _positive(int),
-    "send_retry_base": _positive(float),
-    "queue_prefix": _parse_queue_prefix,
-    "smtp_timeout": _positive(float),
-    "smtp_ca_file": _parse_ca_file,
-    "log_level": _parse_log_level,
-    "rate_limit_url": _parse_rate_limit_url,
-    "rate_limit_rate": _positive(float),
-    "rate_limit_burst": _positive(int),
-    "rate_limit_prefix": str,
+def _parsed_from_text(parse: Callable[[str], Any]) -> BeforeValidator:
+    """A field whose variable is text and whose value is not (an SMTP URL, a list of CIDRs):
+    *parse* the text, take an already parsed value as it is."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: Annotated[str, _unset_or(_database_url)] = ""
+    broker_url: Annotated[str, _unset_or(_broker_url)] = ""
+    smtp: Annotated[SmtpTarget | None, _parsed_from_text(parse_smtp_url)] = None
+    message_id_domain: Annotated[str, _unset_or(_domain)] = ""
+    broker_key_prefix: str = ""
+    db_pool_size: PositiveInt = 8
+    db_connect_timeout: PositiveFloat = 3.0
+    relay_batch_size: PositiveInt = 200
+    relay_poll_interval: PositiveFloat = 1.0
+    relay_visibility_timeout: PositiveFloat = 60.0
+    relay_publish_timeout: PositiveFloat = 5.0
+    relay_max_dispatches: PositiveInt = 8
+    relay_max_age: PositiveFloat = 86400.0
+    relay_metrics_port: Annotated[NonNegativeInt, Field(le=65535)] = 9108  # 0: off
+    canary_interval: PositiveFloat = 15.0
+    canary_threshold: PositiveFloat = 60.0
+    sending_timeout: PositiveFloat = 300.0
+    send_max_attempts: PositiveInt = 6
+    send_retry_base: PositiveFloat = 30.0
+    queue_prefix: Annotated[str, AfterValidator(_queue_prefix)] = ""
+    smtp_timeout: PositiveFloat = 30.0
+    # A PEM CA bundle that verifies the SMTP server's certificate instead of the system's.
+    smtp_ca_file: Annotated[str, _unset_or(_ca_file)] = ""
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"
+    # gunicorn threads per API worker process (ingest_api/gunicorn_conf.py).
+    api_threads: PositiveInt = 8
+    # prometheus_client's own variable (its multiprocess mode); ``ingest-api serve``
+    # sets it for gunicorn when unset, and gunicorn's hooks clean up after it.
+    prometheus_multiproc_dir: str = ""
+    # Per-API-key rate limit (token bucket in Redis); no URL means no rate limiting.
+    rate_limit_url: Annotated[str, _unset_or(_rate_limit_url)] = ""
+    rate_limit_rate: PositiveFloat = 50.0
+    rate_limit_burst: PositiveInt = 100
+    rate_limit_prefix: str = "mailroom:ratelimit:"
     # ----- suppressions and unsubscribes -----
-    "public_url": _parse_public_url,
-    "unsubscribe_secret": _parse_unsubscribe_secret,
+    # The API's public base URL (one-click unsubscribe links in campaign mails) and
+    # the key that signs those links; the API and the worker must share both.
+    public_url: Annotated[str, AfterValidator(_public_url)] = "http://127.0.0.1:8000"
+    unsubscribe_secret: Annotated[str, _unset_or(_unsubscribe_secret)] = Field(
+        default="", repr=False
+    )
     # ----- status webhooks -----
-    "webhook_retry_hours": _positive(float),
-    "webhook_retry_base": _positive(float),
-    "webhook_timeout": _positive(float),
-    "webhook_allow_networks": parse_networks,
-}
+    # Failed deliveries are retried with backoff (base seconds, doubling, at most an
+    # hour) until this many hours after the event; each POST times out after webhook_timeout.
+    webhook_retry_hours: PositiveFloat = 24.0
+    webhook_retry_base: PositiveFloat = 30.0
+    webhook_timeout: PositiveFloat = 10.0
+    # Networks webhook URLs may reach although they are private, loopback, link-local...
+    # (see shared/webhook_urls.py); empty: only public addresses are called.
+    webhook_allow_networks: Annotated[tuple[IPNetwork, ...], _parsed_from_text(parse_networks)] = ()
 
-# The variable for each setting; ``smtp`` is configured as a URL.
-_VARIABLES = {name: PREFIX + name.upper() for name in _PARSERS} | {"smtp": PREFIX + "SMTP_URL"}
+
+# ----- the variables -----
+
+_VARIABLES_NAMED_OTHERWISE = {
+    "smtp": PREFIX + "SMTP_URL",  # configured as a URL
+    "prometheus_multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client's name
+}
+_VARIABLES = {
+    field.name: _VARIABLES_NAMED_OTHERWISE.get(field.name, PREFIX + field.name.upper())
+    for field in dataclasses.fields(Settings)
+}
 
 
 def variable_name(setting: str) -> str:
     return _VARIABLES[setting]
 
 
+class _VariablesBase(BaseSettings):
+    # Exact names (an environment is case-sensitive); an empty variable is an unset one.
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
+
+
+# pydantic-settings' view of the environment: the raw text of each Settings field,
+# read from its variable. Generated from Settings so that the two cannot drift apart.
+_RAW_TEXT_FIELDS: dict[str, Any] = {
+    setting: (str | None, Field(default=None, validation_alias=variable))
+    for setting, variable in _VARIABLES.items()
+}
+_Variables = create_model("_Variables", __base__=_VariablesBase, **_RAW_TEXT_FIELDS)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping rather than
+    ``os.environ`` (``mailroom up`` checks the environment it is about to give its
+    children); values are stripped and blank ones count as unset, as they always did."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_Variables)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name: value.strip() for name, value in self._environ.items() if value.strip()}
+
+
+def _reason(error: ErrorDetails) -> str:
+    """pydantic's message, or ours as we wrote it ("Value error, " left off)."""
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    return error["msg"]
+
+
 def load_settings(
     require: Iterable[str] = (), environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read every ``MAILROOM_*`` setting; those named in *require* must be set."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for setting in (f.name for f in fields(Settings)):
-        variable = _VARIABLES[setting]
-        raw = env.get(variable, "").strip()
-        if not raw:
-            if setting in require:
-                raise ConfigError(f"{variable} is not set")
-            continue
-        try:
-            values[setting] = _PARSERS[setting](raw)
-        except ValueError as exc:
-            raise ConfigError(f"{variable} is malformed: {exc}") from None
-    return Settings(**values)
+    """Read every setting from *environ* (default: the process environment); those
+    named in *require* must be set. The first problem, in field order, is raised."""
+    found = _EnvironmentSource(os.environ if environ is None else environ)()
+    texts = {
+        setting: found[variable] for setting, variable in _VARIABLES.items() if variable in found
+    }
+    problems = {
+        setting: "is not set"
+        for setting in _VARIABLES
+        if setting in require and setting not in texts
+    }
+    settings: Settings | None = None
+    try:
+        settings = Settings(**texts)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            problems.setdefault(str(error["loc"][0]), f"is malformed: {_reason(error)}")
+    if settings is None or problems:
+        first = next(setting for setting in _VARIABLES if setting in problems)
+        raise ConfigError(f"{_VARIABLES[first]} {problems[first]}")
+    return settings
