@@ -61,6 +61,7 @@ class TaskMessage:
         return cls(DELIVER_WEBHOOK_TASK, delivery_id, WEBHOOK_QUEUE)
 
 
+# Hand-built, not Celery's app.amqp.as_task_v2: that costs ~9 % of Publisher.publish throughput.
 def celery_message(message: TaskMessage, origin: str) -> tuple[Any, dict[str, Any], str]:
     """Body, headers and task id of ``<task>(<id>)`` in Celery's protocol 2."""
     task_id = str(uuid.uuid4())
