@@ -8,22 +8,11 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ingest_api import auth, metrics, openapi, strict_json
+from ingest_api import auth, db, metrics, openapi, strict_json
 from ingest_api.auth import KEY_CACHE_SECONDS, KeyCache
-from ingest_api.endpoints import (
-    CAMPAIGN_ENDPOINTS,
-    SUPPRESSION_ENDPOINTS,
-    UNSUBSCRIBE_BLUEPRINT,
-    WEBHOOK_ENDPOINTS,
-    cancel_mail,
-    get_mail,
-    health,
-    list_mails,
-    send_batch,
-    send_mail,
-)
 from ingest_api.errors import refuse, register_error_handlers
-from ingest_api.relay_wakeup import RelayWakeup
+from ingest_api.ingest import RelayWakeup
+from ingest_api.resources import API_RESOURCES, PLAIN_RESOURCES
 from shared.config import Settings, load_settings
 from shared.db import create_pool
 from shared.jsonlog import request_id_var
@@ -98,8 +87,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config["MAILROOM_SETTINGS"] = settings
     pool = create_pool(settings, name="ingest-api")
-    app.extensions["mailroom.pool"] = pool
-    app.extensions["mailroom.wakeup"] = RelayWakeup(pool)
+    db.install(app, pool)
+    RelayWakeup(pool).install(app)
     app.extensions["mailroom.key_cache"] = KeyCache(KEY_CACHE_SECONDS)
     app.before_request(_begin_request)
     app.after_request(_end_request)
@@ -110,13 +99,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_refuse_oversized_stream)  # after auth: no /v1 body read without a key
 
     api = openapi.create_api(app)
-    for endpoint in (send_mail, send_batch, list_mails, get_mail, cancel_mail, *CAMPAIGN_ENDPOINTS):
-        api.register_blueprint(endpoint.blp)
-    for endpoint in WEBHOOK_ENDPOINTS:
-        api.register_blueprint(endpoint.blp)
-    for endpoint in SUPPRESSION_ENDPOINTS:
-        api.register_blueprint(endpoint.blp)
-    app.register_blueprint(health.blp)
-    app.register_blueprint(UNSUBSCRIBE_BLUEPRINT)  # no API key, not in the OpenAPI document
+    for resource in API_RESOURCES:
+        api.register_blueprint(resource.blp)
+    for plain in PLAIN_RESOURCES:
+        app.register_blueprint(plain.blp)  # not in the OpenAPI document
     register_error_handlers(app)
     return app

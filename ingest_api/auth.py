@@ -23,37 +23,21 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from dataclasses import dataclass
+from typing import TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, g, request
+from flask.views import View
 
+from ingest_api import db
 from ingest_api.api_keys import key_digest
 from ingest_api.errors import refuse
 from ingest_api.rate_limit import Decision, RateLimiter
 from shared.config import Settings
-from shared.db import DictPool
-from shared.queries import QUERIES
+from shared.store.tenants import ApiKey, Tenant, find_api_key
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 KEY_CACHE_SECONDS = 10.0
 KEY_CACHE_MAX_ENTRIES = 10_000
-
-
-@dataclass(frozen=True)
-class Tenant:
-    id: uuid.UUID
-    name: str
-    sender_domains: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """An unrevoked key: whose it is and what it may do."""
-
-    id: uuid.UUID
-    tenant: Tenant
-    scopes: frozenset[str]
 
 
 class KeyCache:
@@ -90,13 +74,11 @@ def _bearer_key() -> str:
 
 
 def _look_up(digest: bytes) -> ApiKey:
-    pool: DictPool = current_app.extensions["mailroom.pool"]
-    with pool.connection() as conn:
-        row = conn.execute(QUERIES["find_api_key_by_hash"], {"key_hash": digest}).fetchone()
-    if row is None:
+    with db.connection() as conn:
+        found = find_api_key(conn, digest)
+    if found is None:
         refuse(401, "unknown or revoked API key", headers=CHALLENGE)
-    tenant = Tenant(row["id"], row["name"], tuple(row["sender_domains"]))
-    return ApiKey(row["key_id"], tenant, frozenset(row["scopes"]))
+    return found
 
 
 def _rate_limit(api_key: ApiKey) -> None:
@@ -149,25 +131,35 @@ def require_scope(scope: str) -> Tenant:
     return api_key.tenant
 
 
-# Blueprints under /v1 whose requests prove who they are another way (a signed
-# webhook, say): the before_request hook leaves them to their view.
+# Blueprints, and view classes, under /v1 whose requests prove who they are another
+# way (a signed webhook, say): the before_request hook leaves them to their view.
 _AUTHENTICATED_OTHERWISE: set[str] = set()
+_VIEWS_AUTHENTICATED_OTHERWISE: set[type[View]] = set()
+
+Exempted = TypeVar("Exempted", Blueprint, type[View])
 
 
-def authenticated_otherwise(blueprint: Blueprint) -> Blueprint:
-    """Exempt *blueprint* from the API key every other /v1 route requires."""
-    _AUTHENTICATED_OTHERWISE.add(blueprint.name)
-    return blueprint
+def authenticated_otherwise(exempted: Exempted) -> Exempted:
+    """Exempt a blueprint, or one view class (the signed POST of a path whose GET
+    needs a key), from the API key every other /v1 route requires."""
+    if isinstance(exempted, Blueprint):
+        _AUTHENTICATED_OTHERWISE.add(exempted.name)
+    else:
+        _VIEWS_AUTHENTICATED_OTHERWISE.add(exempted)
+    return exempted
+
+
+def _exempted() -> bool:
+    if request.blueprint in _AUTHENTICATED_OTHERWISE:
+        return True
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "view_class", None) in _VIEWS_AUTHENTICATED_OTHERWISE
 
 
 def authenticate_api_request() -> None:
     """before_request: every /v1 route needs a valid API key (and a token)."""
     rule = request.url_rule
-    if (
-        rule is not None
-        and rule.rule.startswith("/v1/")
-        and request.blueprint not in _AUTHENTICATED_OTHERWISE
-    ):
+    if rule is not None and rule.rule.startswith("/v1/") and not _exempted():
         current_api_key()
 
 

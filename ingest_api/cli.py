@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ingest_api.commands.create_key import create_key
-from ingest_api.commands.create_tenant import create_tenant
-from ingest_api.commands.list_keys import list_keys
-from ingest_api.commands.revoke_key import revoke_key
-from ingest_api.commands.rotate_webhook_secret import rotate_webhook_secret
-from ingest_api.commands.sender_domains import add_sender_domain, remove_sender_domain
 from ingest_api.commands.serve import serve
+from ingest_api.commands.tenants import (
+    add_sender_domain,
+    create_key,
+    create_tenant,
+    list_keys,
+    remove_sender_domain,
+    revoke_key,
+    rotate_webhook_secret,
+)
 
 
 @click.group()

@@ -16,9 +16,9 @@ from psycopg import errors as sqlstate
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from ingest_api.accept import IdempotencyConflict
 from ingest_api.strict_json import StrictJsonError
 from shared.jsonlog import request_id_var
+from shared.store.mails import IdempotencyConflict
 
 log = logging.getLogger(__name__)
 

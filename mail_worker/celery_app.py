@@ -21,11 +21,11 @@ from shared.queues import (
     CANARY_TASK,
     DELIVER_WEBHOOK_TASK,
     SEND_MAIL_TASK,
-    TRANSACTIONAL_QUEUE,
     all_queues,
     broker_queue_name,
     broker_transport_options,
 )
+from shared.streams import Stream
 
 WORKER_REQUIRES = ("database_url", "broker_url", "smtp", "message_id_domain")
 
@@ -39,7 +39,7 @@ def create_celery_app(settings: Settings) -> Celery:
         ),
         broker_connection_retry_on_startup=True,
         task_queues=all_queues(settings.broker_url, settings.queue_prefix),
-        task_default_queue=broker_queue_name(TRANSACTIONAL_QUEUE, settings.queue_prefix),
+        task_default_queue=broker_queue_name(Stream.TRANSACTIONAL.queue, settings.queue_prefix),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

@@ -7,6 +7,10 @@ Recipients on the tenant's suppression list are dropped before SMTP (a mail left
 with none becomes ``suppressed``), and recipients refused with a 5xx join the
 list with the outcome (:mod:`mail_worker.suppression`).
 
+Retries live in PostgreSQL (an outbox row due after the backoff), never in the
+broker (no Celery countdown or ETA), so a Redis restarted without persistence
+loses none of them.
+
 Between the SMTP server's acceptance and our COMMIT of ``sent`` lies the only
 window in which a crash can cause a second send; the deterministic Message-ID
 lets downstream systems recognise it.
@@ -15,28 +19,28 @@ lets downstream systems recognise it.
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from mail_worker.compose import compose, message_id, needs_smtputf8
-from mail_worker.pickup import PickedMail, pick_up
-from mail_worker.retry import decide
 from mail_worker.smtp import SmtpClient, SmtpFailure
 from mail_worker.suppression import (
     Screened,
     UnsubscribeLinks,
+    hard_bounces,
     list_unsubscribe_url,
-    record_hard_bounces,
     screen,
 )
 from mail_worker.wire_check import WireCheckFailed, check_wire
+from shared.backoff import jittered_backoff
 from shared.db import DictPool
 from shared.jsonlog import mail_context
-from shared.queries import QUERIES
 from shared.states import MailStatus
+from shared.store import mails, suppressions
+from shared.store.mails import PickedMail
 from shared.unsubscribe_tokens import UnsubscribeSecretMissing
 
 log = logging.getLogger(__name__)
@@ -55,22 +59,40 @@ def _finish(
 ) -> None:
     """Record the outcome; recipients *refused* with a 5xx become hard bounces with it."""
     with pool.connection() as conn, conn.transaction():
-        conn.execute(
-            QUERIES["finish_sending"],
-            {
-                "mail_id": mail.id,
-                "status": status.value,
-                "last_error": error,
-                "detail": Jsonb(detail),
-            },
-        )
-        record_hard_bounces(conn, mail, refused or {})
+        mails.finish_sending(conn, mail.id, status, detail, error)
+        suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, hard_bounces(refused or {}))
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 6
     base_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    status: MailStatus  # RETRYING, DEAD or EXPIRED
+    delay_seconds: float = 0.0
+    reason: str = ""
+
+
+def decide(
+    *,
+    attempts: int,
+    max_attempts: int,
+    expires_at: datetime | None,
+    base: float,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> RetryDecision:
+    """After a transient failure of attempt *attempts*: retry later through the outbox, or stop."""
+    if attempts >= max_attempts:
+        return RetryDecision(MailStatus.DEAD, reason=f"gave up after {attempts} attempts")
+    delay = jittered_backoff(base, attempts - 1, rng=rng)  # the first retry waits about base
+    moment = now or datetime.now(UTC)
+    if expires_at is not None and moment + timedelta(seconds=delay) >= expires_at:
+        return RetryDecision(MailStatus.EXPIRED, reason="the next attempt would come too late")
+    return RetryDecision(MailStatus.RETRYING, delay_seconds=delay)
 
 
 def _after_failure(
@@ -99,23 +121,15 @@ def _after_failure(
             refused=error.refused,
         )
         return decision.status.value
+    retry_detail: dict[str, Any] = {
+        "error": str(error),
+        "attempt": mail.attempts,
+        "retry_in_seconds": round(decision.delay_seconds, 1),
+    }
     with pool.connection() as conn, conn.transaction():
-        record_hard_bounces(conn, mail, error.refused)  # the 5xx ones among 4xx refusals
-        conn.execute(
-            QUERIES["schedule_retry"],
-            {
-                "mail_id": mail.id,
-                "last_error": str(error),
-                "delay": decision.delay_seconds,
-                "detail": Jsonb(
-                    {
-                        "error": str(error),
-                        "attempt": mail.attempts,
-                        "retry_in_seconds": round(decision.delay_seconds, 1),
-                    }
-                ),
-            },
-        )
+        bounces = hard_bounces(error.refused)  # the 5xx ones among 4xx refusals
+        suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, bounces)
+        mails.schedule_retry(conn, mail.id, str(error), decision.delay_seconds, retry_detail)
     return MailStatus.RETRYING.value
 
 
@@ -134,7 +148,9 @@ def deliver(
     *unsubscribe* makes the one-click links of campaign mails (required for them).
     """
     with mail_context(mail_id):
-        mail = pick_up(pool, uuid.UUID(mail_id), worker)
+        # Pipeline mode: BEGIN, the lock and the compare-and-set travel in one round trip.
+        with pool.connection() as conn, conn.pipeline(), conn.transaction():
+            mail = mails.begin_sending(conn, uuid.UUID(mail_id), worker)
         if mail is None:
             log.info("duplicate delivery ignored: the mail was already picked up")
             return "duplicate"
@@ -218,10 +234,3 @@ def wire_bytes(mail: PickedMail, message_id_domain: str, list_unsubscribe: str |
         list_unsubscribe=list_unsubscribe,
     )
     return raw
-
-
-def record_canary(pool: DictPool, canary_id: str, worker: str) -> None:
-    with pool.connection() as conn:
-        conn.execute(
-            QUERIES["record_canary_received"], {"id": uuid.UUID(canary_id), "worker": worker}
-        )

@@ -41,11 +41,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mail_worker.retry import backoff
 from shared import signatures
+from shared.backoff import jittered_backoff
 from shared.config import IPNetwork, Settings
 from shared.db import DictPool
-from shared.queries import QUERIES
+from shared.store.webhooks import (
+    begin_webhook_attempt,
+    record_webhook_delivered,
+    record_webhook_failure,
+)
 from shared.webhook_urls import (
     AddressRefused,
     HostUnresolvable,
@@ -64,7 +68,10 @@ MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
-class WebhookPolicy:
+class WebhookPostPolicy:
+    """How the worker posts deliveries: the timeout, the retry window and backoff, and
+    the blocked networks it may reach all the same (the relay has its own claim policy)."""
+
     timeout: float = 10.0
     retry_hours: float = 24.0
     retry_base: float = 30.0
@@ -72,7 +79,7 @@ class WebhookPolicy:
     allow_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WebhookPolicy:
+    def from_settings(cls, settings: Settings) -> WebhookPostPolicy:
         return cls(
             timeout=settings.webhook_timeout,
             retry_hours=settings.webhook_retry_hours,
@@ -87,7 +94,9 @@ class WebhookPolicy:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PostOutcome:
+    """What one POST to a webhook got: a 2xx answer, another answer, or none."""
+
     status_code: int | None  # None: no HTTP answer (timeout, connection error)
     error: str | None  # None: a 2xx answer
     # The URL can never be sent (malformed, or a blocked address): no retry.
@@ -167,7 +176,7 @@ def post(
     allow_networks: Sequence[IPNetwork] = (),
     *,
     tls: ssl.SSLContext | None = None,
-) -> Outcome:
+) -> PostOutcome:
     """POST *body* to *url* if it may be reached; never raises for what the receiver does.
 
     A redirect is an answer like any other non-2xx: recorded, retried, never followed."""
@@ -175,10 +184,10 @@ def post(
         target = parse(url)
         addresses = resolve_allowed(target.host, target.port, allow_networks)
     except HostUnresolvable as exc:  # DNS may be back later
-        return Outcome(None, str(exc)[:MAX_ERROR_LENGTH])
+        return PostOutcome(None, str(exc)[:MAX_ERROR_LENGTH])
     except (AddressRefused, ValueError) as exc:
         prefix = "" if isinstance(exc, AddressRefused) else "the URL cannot be sent: "
-        return Outcome(None, f"{prefix}{exc}"[:MAX_ERROR_LENGTH], final=True)
+        return PostOutcome(None, f"{prefix}{exc}"[:MAX_ERROR_LENGTH], final=True)
     connection: http.client.HTTPConnection
     if target.scheme == "https":
         connection = _PinnedHTTPSConnection(target, addresses, timeout, tls or _system_tls())
@@ -190,12 +199,12 @@ def post(
         response.read(MAX_RESPONSE_BYTES)
         code = int(response.status)
     except (http.client.HTTPException, OSError, ValueError) as exc:
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH])
+        return PostOutcome(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH])
     finally:
         connection.close()
     if 200 <= code < 300:
-        return Outcome(code, None)
-    return Outcome(code, f"HTTP {code}")
+        return PostOutcome(code, None)
+    return PostOutcome(code, f"HTTP {code}")
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -203,57 +212,48 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 
 def deliver_webhook(
-    pool: DictPool, delivery_id: str, policy: WebhookPolicy, now: float | None = None
+    pool: DictPool, delivery_id: str, policy: WebhookPostPolicy, now: float | None = None
 ) -> str:
     """Attempt one delivery if this message may; return what happened."""
     wanted = uuid.UUID(delivery_id)
     with pool.connection() as conn, conn.transaction():
-        conn.execute(QUERIES["lock_webhook_delivery"], {"id": wanted})
-        delivery = conn.execute(
-            QUERIES["begin_webhook_attempt"], {"id": wanted, "lease": policy.attempt_lease}
-        ).fetchone()
+        delivery = begin_webhook_attempt(conn, wanted, policy.attempt_lease)
     if delivery is None:
         log.info(
             "webhook delivery skipped: not pending, already attempted, or its webhook deleted",
             extra={"delivery_id": delivery_id},
         )
         return "skipped"
-    body = encode(delivery["payload"])
+    body = encode(delivery.payload)
     timestamp = int(time.time() if now is None else now)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        signatures.HEADER: signatures.sign(delivery["secret"], timestamp, body),
+        signatures.HEADER: signatures.sign(delivery.secret, timestamp, body),
         DELIVERY_HEADER: str(wanted),
     }
-    outcome = post(delivery["url"], body, headers, policy.timeout, policy.allow_networks)
-    attempt = delivery["attempts"]
+    outcome = post(delivery.url, body, headers, policy.timeout, policy.allow_networks)
+    attempt = delivery.attempts
     with pool.connection() as conn:
         if outcome.delivered:
-            conn.execute(
-                QUERIES["record_webhook_delivered"],
-                {"id": wanted, "attempt": attempt, "status_code": outcome.status_code},
-            )
+            record_webhook_delivered(conn, wanted, attempt, outcome.status_code)
             log.info(
                 "webhook delivered",
                 extra={"delivery_id": delivery_id, "status_code": outcome.status_code},
             )
             return "delivered"
-        row = conn.execute(
-            QUERIES["record_webhook_failure"],
-            {
-                "id": wanted,
-                "attempt": attempt,
-                "status_code": outcome.status_code,
-                "error": outcome.error,
-                "delay": backoff(attempt, policy.retry_base),
-                # A URL that can never be sent is past its retry window at once: 'failed'.
-                "retry_seconds": 0 if outcome.final else policy.retry_hours * 3600,
-            },
-        ).fetchone()
-    if row is None:  # the webhook was deleted, or a newer attempt took over
+        status = record_webhook_failure(
+            conn,
+            wanted,
+            attempt,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            delay_seconds=jittered_backoff(policy.retry_base, attempt - 1),
+            # A URL that can never be sent is past its retry window at once: 'failed'.
+            retry_seconds=0 if outcome.final else policy.retry_hours * 3600,
+        )
+    if status is None:  # the webhook was deleted, or a newer attempt took over
         return "stale"
-    status = str(row["status"])
     log.warning(
         "webhook delivery failed",
         extra={

@@ -22,16 +22,20 @@ import psycopg
 from prometheus_client import start_http_server
 
 from outbox_relay import metrics
-from outbox_relay.canary import IncidentLog, send_canaries
-from outbox_relay.dispatch import DispatchPolicy, RoundResult, dispatch_round
+from outbox_relay.dispatch import (
+    DispatchPolicy,
+    RoundResult,
+    WebhookDispatchPolicy,
+    dispatch_round,
+    webhook_round,
+)
+from outbox_relay.health import IncidentLog, drain_unroutable, send_canaries
 from outbox_relay.publish import Publisher, PublishError
-from outbox_relay.unroutable import drain_unroutable
-from outbox_relay.webhook_dispatch import WebhookPolicy, webhook_round
 from shared.config import Settings
 from shared.db import connect
 from shared.pipeline_health import pipeline_health
-from shared.queries import QUERIES
 from shared.queues import OUTBOX_CHANNEL, is_amqp
+from shared.store import outbox as outbox_store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Relay:
         self.settings = settings
         self.publisher = publisher or Publisher(settings)
         self.policy = DispatchPolicy.from_settings(settings)
-        self.webhook_policy = WebhookPolicy.from_settings(settings)
+        self.webhook_policy = WebhookDispatchPolicy.from_settings(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
         self.incidents = IncidentLog()
@@ -169,16 +173,16 @@ class Relay:
         if self.incidents.observe(health):
             # What was published while the link was broken may be lost; publish it
             # again now rather than after its backoff (duplicates are no-ops).
-            released = conn.execute(QUERIES["release_leases"]).rowcount
+            released = outbox_store.release_leases(conn)
             log.warning("released in-flight rows after recovery", extra={"count": released})
 
     def _recover_abandoned_sends(self) -> None:
-        params = {
-            "sending_timeout": self.settings.sending_timeout,
-            "max_attempts": self.settings.send_max_attempts,
-            "retry_base": self.settings.send_retry_base,
-        }
-        recovered = self._connection().execute(QUERIES["recover_abandoned_sends"], params).rowcount
+        recovered = outbox_store.recover_abandoned_sends(
+            self._connection(),
+            sending_timeout=self.settings.sending_timeout,
+            max_attempts=self.settings.send_max_attempts,
+            retry_base=self.settings.send_retry_base,
+        )
         if recovered:
             metrics.ABANDONED.inc(recovered)
             log.error(
@@ -186,20 +190,17 @@ class Relay:
             )
 
     def _stats(self) -> None:
-        row = self._connection().execute(QUERIES["outbox_stats"]).fetchone()
-        assert row is not None
-        due, total, in_flight, oldest_undispatched, oldest_in_flight = row
-        metrics.OUTBOX_BACKLOG.set(due)
-        metrics.OUTBOX_ROWS.set(total)
-        metrics.OUTBOX_IN_FLIGHT.set(in_flight)
-        metrics.OLDEST_UNDISPATCHED.set(float(oldest_undispatched))
-        metrics.OLDEST_IN_FLIGHT.set(float(oldest_in_flight))
+        stats = outbox_store.outbox_stats(self._connection())
+        metrics.OUTBOX_BACKLOG.set(stats.due)
+        metrics.OUTBOX_ROWS.set(stats.total)
+        metrics.OUTBOX_IN_FLIGHT.set(stats.in_flight)
+        metrics.OLDEST_UNDISPATCHED.set(stats.oldest_undispatched)
+        metrics.OLDEST_IN_FLIGHT.set(stats.oldest_in_flight)
         self._notice_pauses()
 
     def _notice_pauses(self) -> None:
         """One log line when the set of pauses changes, so relay logs say why mail waits."""
-        row = self._connection().execute(QUERIES["count_relay_pauses"]).fetchone()
-        pauses = int(row[0]) if row else 0
+        pauses = outbox_store.count_relay_pauses(self._connection())
         metrics.PAUSES.set(pauses)
         if pauses and pauses != self._pauses_seen:
             log.warning("operator pauses hold mail in the outbox", extra={"pauses": pauses})
@@ -208,10 +209,10 @@ class Relay:
         self._pauses_seen = pauses
 
     def _prune(self) -> None:
-        self._connection().execute(QUERIES["prune_canaries"])
+        outbox_store.prune_canaries(self._connection())
 
     def _webhooks(self) -> None:
-        """Publish due status webhook deliveries (see outbox_relay.webhook_dispatch)."""
+        """Publish due status webhook deliveries (see outbox_relay.dispatch)."""
         for _ in range(WEBHOOK_BATCHES_PER_RUN):
             result = webhook_round(self._connection(), self.publisher, self.webhook_policy)
             metrics.WEBHOOKS_PUBLISHED.inc(result.published)

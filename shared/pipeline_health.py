@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
-from psycopg.rows import tuple_row
-
-from shared.queries import QUERIES
 from shared.queues import QUEUE_PRIORITY
+from shared.store import Conn
+from shared.store.outbox import canary_times
 
 
 @dataclass(frozen=True)
@@ -36,19 +34,16 @@ class QueueHealth:
         return f"{self.queue}: last canary round trip {self.age_seconds:.0f} s ago"
 
 
-def pipeline_health(conn: psycopg.Connection, threshold: float) -> list[QueueHealth]:
-    # Tuples whatever the connection's row factory (the API's pool returns dicts).
-    cursor = conn.cursor(row_factory=tuple_row)
-    rows = cursor.execute(QUERIES["canary_health"], {"queues": list(QUEUE_PRIORITY)}).fetchall()
+def pipeline_health(conn: Conn, threshold: float) -> list[QueueHealth]:
     health = []
-    for queue, last_received, oldest_pending, now in rows:
-        reference = last_received or oldest_pending
+    for times in canary_times(conn, QUEUE_PRIORITY):
+        reference = times.last_received or times.oldest_pending
         if reference is None:
-            health.append(QueueHealth(queue, "unknown", None, None))
+            health.append(QueueHealth(times.queue, "unknown", None, None))
             continue
-        age = (now - reference).total_seconds()
+        age = (times.now - reference).total_seconds()
         state = "healthy" if age <= threshold else "broken"
-        health.append(QueueHealth(queue, state, age, last_received))
+        health.append(QueueHealth(times.queue, state, age, times.last_received))
     return health
 
 

@@ -1,7 +1,11 @@
 """The mail state machine: every status a mail can be in and how it may move.
 
-Each transition is written as a compare-and-set in SQL (``WHERE status = …``);
-this module is the one list a reader checks those guards against.
+:data:`TRANSITIONS` is the one list of moves. Migration 0010 copies it into the table
+``mail_transitions`` (``tests/test_state_machine.py`` holds the two equal); every
+statement that changes a mail's status guards itself with
+``mailroom_may_become(target)``, and a trigger refuses any other move and writes the
+``mail_events`` row of each one. Each status below says which process moves a mail
+out of it, and how.
 """
 
 from __future__ import annotations
@@ -10,18 +14,72 @@ from enum import StrEnum
 
 
 class MailStatus(StrEnum):
-    SCHEDULED = "scheduled"  # accepted, held until send_at
-    ACCEPTED = "accepted"  # committed with its outbox row; waiting for the relay
-    QUEUED = "queued"  # published to the broker at least once
-    SENDING = "sending"  # a worker picked it up (the relay's end-to-end acknowledgement)
-    SENT = "sent"  # the SMTP server accepted it
-    RETRYING = "retrying"  # a transient failure; back in the outbox for later
-    FAILED = "failed"  # a permanent failure
-    DEAD = "dead"  # gave up after too many attempts; replayable by an operator
-    EXPIRED = "expired"  # not sent before expires_at; never sent late
-    CANCELLED = "cancelled"  # cancelled by the client before sending began
-    SUPPRESSED = "suppressed"  # every recipient is on the suppression list
-    DISCARDED = "discarded"  # a dead mail an operator chose not to send, with the reason
+    SCHEDULED = "scheduled"
+    """Accepted with a future ``send_at``; its outbox row is due then. The relay
+    publishes it when it is due (→ queued), expires it past ``expires_at``
+    (→ expired) or buries it when no publish got it picked up within the maximum
+    age or dispatches (→ dead); the client may cancel it (→ cancelled)."""
+
+    ACCEPTED = "accepted"
+    """Committed with its outbox row (or replayed by an operator); waiting for the
+    relay. The relay publishes it (→ queued) or buries it (→ dead, e.g. a broker
+    down for a day); a worker may pick it up before the relay's 'queued' commit
+    lands (→ sending); past ``expires_at`` the relay, or a worker at pickup,
+    expires it (→ expired); the client may cancel it (→ cancelled)."""
+
+    QUEUED = "queued"
+    """Published to the broker at least once. A worker picks it up with the
+    compare-and-set that deletes its outbox row (→ sending). Until then the relay
+    republishes it after each lease and buries it at the dispatch limit or the
+    maximum age (→ dead); past ``expires_at`` the relay, or a worker at pickup,
+    expires it (→ expired); the client may still cancel it (→ cancelled)."""
+
+    SENDING = "sending"
+    """A worker picked it up (the relay's end-to-end acknowledgement); only that
+    worker's send step moves it on: SMTP accepted it (→ sent), a permanent refusal
+    or a mail that cannot be built safely (→ failed), every recipient suppressed
+    (→ suppressed), a transient failure (→ retrying, or → dead at the attempt
+    limit, or → expired if the next attempt would come too late). If that worker
+    is lost, the relay's recovery does it after the sending timeout (→ retrying,
+    or → dead at the attempt limit). The client can no longer cancel it."""
+
+    SENT = "sent"
+    """The SMTP server accepted it. Final for the pipeline; only an operator's
+    ``outbox-relay replay --include-sent`` sends it again (→ accepted)."""
+
+    RETRYING = "retrying"
+    """A transient failure: back in the outbox, due after the backoff (the broker
+    holds nothing). The relay publishes it again and a worker picks it up
+    (→ sending); the relay expires it (→ expired) or buries it (→ dead) like a
+    queued mail; the client may cancel it (→ cancelled)."""
+
+    FAILED = "failed"
+    """A permanent failure (a 5xx for every recipient, or a mail that cannot be
+    built safely). Final for the pipeline; an operator's ``outbox-relay replay``
+    sends it again (→ accepted)."""
+
+    DEAD = "dead"
+    """Given up: too many attempts, or never picked up within the maximum age or
+    dispatches. Final for the pipeline; an operator's ``outbox-relay replay`` or
+    ``dlq retry`` sends it again (→ accepted), ``dlq discard`` gives it up for
+    good with a reason (→ discarded)."""
+
+    EXPIRED = "expired"
+    """Not sent before ``expires_at``: never sent late. Nothing moves it on (an
+    operator's replay names it only to report it skipped)."""
+
+    CANCELLED = "cancelled"
+    """Cancelled by the client before sending began. Nothing moves it on: the
+    client's choice stands."""
+
+    SUPPRESSED = "suppressed"
+    """Every recipient is on the tenant's suppression list. Final for the pipeline;
+    an operator's ``outbox-relay replay --status suppressed`` sends it again
+    (→ accepted), e.g. after the entries were removed."""
+
+    DISCARDED = "discarded"
+    """A dead mail an operator chose not to send, with the reason. An operator's
+    ``outbox-relay replay --status discarded`` can still send it (→ accepted)."""
 
 
 FINAL_STATUSES = frozenset(
@@ -86,10 +144,6 @@ TRANSITIONS: dict[MailStatus, frozenset[MailStatus]] = {
 
 # What 'outbox-relay replay' takes when --status is not given.
 REPLAY_BY_DEFAULT = (MailStatus.DEAD, MailStatus.FAILED)
-
-
-def can_move(current: MailStatus, target: MailStatus) -> bool:
-    return target in TRANSITIONS[current]
 
 
 def statuses_that_may_become(target: MailStatus) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from ingest_api.accept import IngestTransaction, NewMail
+from shared.store.mails import NewMail, accept_mails
 
 
 def stored_request(**overrides: Any) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def insert_mail(
         expires_at=expires_at,
         tags=tags,
     )
-    IngestTransaction(conn, tenant_id, "test", None).add_mails([mail])  # type: ignore[arg-type]
+    accept_mails(conn, tenant_id, [mail], request_id="test")
     return mail.id
 
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from outbox_relay.dispatch import DispatchPolicy, dispatch_round
-from outbox_relay.preflight import check_database
+from outbox_relay.health import check_database
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.devstack.smtp_sink import SmtpSink

@@ -16,13 +16,14 @@ import psycopg
 import pytest
 
 from outbox_relay.admin import replay as replay_core
-from outbox_relay.admin.replay import BatchOptions, BatchRun, ReplayRequest, Selection
+from outbox_relay.admin.replay import BatchOptions, BatchRun, ReplayRequest
 from outbox_relay.dispatch import DispatchPolicy, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
 from shared.devstack.smtp_sink import SmtpSink
 from shared.states import MailStatus
+from shared.store.outbox import MailSelection
 from tests.conftest import TenantKey, run_relay_cli
 from tests.factories import insert_mail, one_mail_in_every_state, put_in_state, status_of
 from tests.processes import Processes, wait_until
@@ -311,7 +312,7 @@ def test_a_mail_changed_while_the_replay_waits_for_its_lock_is_left_alone(
     taken, free = (insert_mail(db, tenant.tenant_id) for _ in range(2))
     for mail_id in (taken, free):
         put_in_state(db, mail_id, "dead")
-    selection = Selection((MailStatus.DEAD,), datetime.now(UTC) - timedelta(hours=1))
+    selection = MailSelection((MailStatus.DEAD,), since=datetime.now(UTC) - timedelta(hours=1))
     runs: list[BatchRun] = []
 
     def run_replay() -> None:
@@ -475,3 +476,21 @@ def test_an_outage_window_is_sent_exactly_once_even_across_interruptions_and_rer
         ("replay", "ops", False),
         ("replay", actions[3][1], False),
     ]
+
+
+def test_a_selection_narrowed_by_tag_replays_and_discards_only_tagged_mails(
+    db: psycopg.Connection, tenant: TenantKey
+) -> None:
+    tagged, untagged = (insert_mail(db, tenant.tenant_id, tags=tags) for tags in (("vip",), ()))
+    for mail_id in (tagged, untagged):
+        put_in_state(db, mail_id, "dead")
+    since = datetime.now(UTC) - timedelta(hours=1)
+    vip = MailSelection((MailStatus.DEAD,), since=since, tag="vip")
+    assert replay_core.count_selected(db, vip) == 1
+    run = replay_core.replay(db, ReplayRequest(vip), BatchOptions(), actor="t")
+    assert [row["id"] for row in run.changed] == [tagged]
+    assert (status_of(db, tagged), status_of(db, untagged)) == ("accepted", "dead")
+    put_in_state(db, tagged, "dead")
+    run = replay_core.discard(db, vip, BatchOptions(), actor="t", reason="vip only")
+    assert [row["id"] for row in run.changed] == [tagged]
+    assert status_of(db, untagged) == "dead"

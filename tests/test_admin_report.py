@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox_relay.admin.audit import record_admin_action
 from shared.config import Settings
 from shared.states import FINAL_STATUSES
+from shared.store.outbox import record_admin_action
 from tests.conftest import TenantKey, run_relay_cli
 from tests.factories import ALL_STATUSES, insert_mail, one_mail_in_every_state, put_in_state
 

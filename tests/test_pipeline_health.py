@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
-from outbox_relay.canary import IncidentLog, send_canaries
-from outbox_relay.commands.status import status
+from outbox_relay.commands.inspection import status
+from outbox_relay.health import IncidentLog, send_canaries
 from outbox_relay.publish import Publisher
 from outbox_relay.relay import Relay
 from shared.config import Settings

@@ -13,9 +13,8 @@ import pytest
 from kombu import Connection
 
 from outbox_relay.dispatch import DispatchPolicy, dispatch_round
-from outbox_relay.preflight import check_consumers
+from outbox_relay.health import check_consumers, drain_unroutable
 from outbox_relay.publish import Publisher
-from outbox_relay.unroutable import drain_unroutable
 from shared.config import Settings
 from shared.queues import all_queues, broker_transport_options
 from tests.conftest import TenantKey

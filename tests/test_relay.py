@@ -9,12 +9,13 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from outbox_relay.dispatch import DispatchPolicy, Pauses, dispatch_round
+from outbox_relay.dispatch import DispatchPolicy, dispatch_round
 from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
 from shared.queries import QUERIES
 from shared.queues import SEND_MAIL_TASK
+from shared.store.outbox import Pauses
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
 from tests.services import free_port

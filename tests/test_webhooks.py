@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from psycopg_pool import ConnectionPool
 
 from ingest_api.schemas.webhook import WEBHOOK_EVENTS
-from mail_worker.webhooks import DELIVERY_HEADER, WebhookPolicy, deliver_webhook
+from mail_worker.webhooks import DELIVERY_HEADER, WebhookPostPolicy, deliver_webhook
 from outbox_relay.publish import Publisher
 from outbox_relay.relay import Relay
 from shared import signatures
@@ -300,7 +300,7 @@ def test_after_the_retry_window_a_failed_attempt_is_final(
 
 
 def test_the_retry_window_defaults_to_a_day_and_is_configurable() -> None:
-    assert WebhookPolicy.from_settings(Settings()).retry_hours == 24
+    assert WebhookPostPolicy.from_settings(Settings()).retry_hours == 24
     env = {"MAILROOM_WEBHOOK_RETRY_HOURS": "0.01", "MAILROOM_WEBHOOK_TIMEOUT": "3"}
     settings = load_settings(environ=env)
     assert (settings.webhook_retry_hours, settings.webhook_timeout) == (0.01, 3.0)

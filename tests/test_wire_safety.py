@@ -22,7 +22,7 @@ from marshmallow import ValidationError
 from psycopg_pool import ConnectionPool
 
 from ingest_api.app import MAX_BODY_BYTES
-from ingest_api.new_mail import stored_request as stored_request_of
+from ingest_api.new_mails import stored_request as stored_request_of
 from ingest_api.schemas.fields import MAX_DISPLAY_NAME_LENGTH
 from ingest_api.schemas.mail import MAX_ATTACHMENT_BYTES, MAX_RECIPIENTS, SendMailSchema
 from mail_worker import deliver as deliver_module

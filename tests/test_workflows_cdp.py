@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from ingest_api.accept import IngestTransaction
+from ingest_api.ingest import IngestTransaction
 from shared import signatures
 from shared.queries import QUERIES
 from tests.conftest import TenantKey

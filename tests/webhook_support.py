@@ -18,25 +18,25 @@ from kombu import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from mail_worker.webhooks import WebhookPolicy, deliver_webhook
+from mail_worker.webhooks import WebhookPostPolicy, deliver_webhook
+from outbox_relay.dispatch import WebhookDispatchPolicy as RelayWebhookPolicy
+from outbox_relay.dispatch import webhook_round
 from outbox_relay.publish import Publisher
-from outbox_relay.webhook_dispatch import WebhookPolicy as RelayWebhookPolicy
-from outbox_relay.webhook_dispatch import webhook_round
 from shared.config import Settings, parse_networks
 from shared.queries import QUERIES
-from tests.factories import state_machine_off
 from shared.queues import (
     DELIVER_WEBHOOK_TASK,
     WEBHOOK_QUEUE,
     broker_transport_options,
     kombu_queue,
 )
+from tests.factories import state_machine_off
 
 if TYPE_CHECKING:  # conftest imports this module for its fixtures
     from tests.conftest import TenantKey
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
-POLICY = WebhookPolicy(timeout=2.0, retry_hours=24.0, retry_base=30.0, allow_networks=LOOPBACK)
+POLICY = WebhookPostPolicy(timeout=2.0, retry_hours=24.0, retry_base=30.0, allow_networks=LOOPBACK)
 
 
 # --- a receiver on a loopback port ------------------------------------------------
@@ -192,7 +192,7 @@ def publish_and_run(
     publisher: Publisher,
     settings: Settings,
     pool: ConnectionPool,
-    policy: WebhookPolicy = POLICY,
+    policy: WebhookPostPolicy = POLICY,
 ) -> list[str]:
     """One relay round, then the worker's task for each message it published."""
     relay_round(db, publisher)

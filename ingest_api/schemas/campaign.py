@@ -97,7 +97,7 @@ class NewCampaignSchema(CampaignFieldsSchema):
 
 class CampaignSchema(Schema):
     key = fields.String(required=True)
-    sender = fields.String(data_key="from", attribute="from", required=True)
+    sender = fields.String(data_key="from", required=True)  # shared.store.campaigns.Campaign
     subject = fields.String(required=True)
     text = fields.String(allow_none=True)
     html = fields.String(allow_none=True)

@@ -1,7 +1,9 @@
 """What the admin commands do to the database, apart from how they print it.
 
-``filters`` selects mails the way an operator names them; ``pauses`` holds
-streams and tenants in the outbox; ``replay`` puts finished mails back through
-the outbox; ``dead_letters`` discards dead mails; ``retention`` purges finished
-mails; ``reconciliation`` reports a window; ``audit`` records who did what.
+``inspection`` holds streams and tenants in the outbox (pause, resume) and gathers
+the pipeline's status; ``replay`` puts finished mails back through the outbox (replay,
+dlq retry) and discards dead ones, in batches; ``retention`` purges finished mails and
+reports what became of a window's mails. Mails are selected with
+``shared.store.outbox.MailSelection``; who did what is recorded with
+``shared.store.outbox.record_admin_action``.
 """

@@ -1,13 +1,17 @@
-"""Put finished mails back through the outbox, in batches an operator may interrupt and rerun.
+"""Batched changes an operator makes to mails: replay (and dlq retry) puts finished
+mails back through the outbox; discard gives up on dead ones. Batches an operator may
+interrupt and rerun.
 
-Each batch is one statement in one transaction (``replay_batch``): lock the next
-candidates in (created_at, id) order, compare-and-set the unskipped ones to
-``accepted``, give them a fresh outbox row and a ``replayed`` event naming the
-run's replay key. The key is a digest of what was asked for, so rerunning the
-same command skips every mail a run with that key already replayed, even one
-that failed again since: a rerun after an interruption never sends twice.
-A dry run executes the very same statements and rolls each batch back, so it
-shows exactly what a real run would do.
+Each batch is one statement in one transaction (SQL ``replay_batch``,
+``discard_batch``): lock the next candidates in (created_at, id) order,
+compare-and-set the unskipped ones. A replay gives them a fresh outbox row and a
+``replayed`` event naming the run's replay key. The key is a digest of what was asked
+for, so rerunning the same command skips every mail a run with that key already
+replayed, even one that failed again since: a rerun after an interruption never sends
+twice. A discarded mail keeps its history (``discarded`` is final but replayable with
+``replay --status discarded``); it leaves the dead-letter queue. A dry run executes the
+very same statements and rolls each batch back, so it shows exactly what a real run
+would do.
 """
 
 from __future__ import annotations
@@ -18,17 +22,16 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from shared.cli_support import error_line
-from shared.queries import QUERIES
 from shared.queues import OUTBOX_CHANNEL
-from shared.states import MailStatus
+from shared.store import Conn
+from shared.store import outbox as outbox_store
+from shared.store.outbox import BatchPage, MailSelection
 
 SKIP_REASONS = ("expired", "older_than_max_age", "already_replayed")
 # Explicitly named ids that no batch selected (dlq retry and discard).
@@ -36,47 +39,15 @@ NOT_DEAD = "not_dead"
 DEFAULT_BATCH_SIZE = 500
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The mails a batched admin command works through."""
-
-    statuses: tuple[MailStatus, ...]
-    since: datetime | None = None
-    until: datetime | None = None
-    tenant_id: uuid.UUID | None = None
-    stream: str | None = None
-    mail_ids: tuple[uuid.UUID, ...] | None = None
-
-    def params(self) -> dict[str, Any]:
-        """The named parameters of count_selected_mails and the batch statements."""
-        return {
-            "statuses": sorted(status.value for status in self.statuses),
-            "since": self.since,
-            "until": self.until,
-            "tenant_id": self.tenant_id,
-            "stream": self.stream,
-            "mail_ids": list(self.mail_ids) if self.mail_ids is not None else None,
-        }
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready and canonical: times in UTC, statuses and ids sorted."""
-        return {
-            "since": _utc_iso(self.since),
-            "until": _utc_iso(self.until),
-            "statuses": sorted(status.value for status in self.statuses),
-            "tenant_id": str(self.tenant_id) if self.tenant_id else None,
-            "stream": self.stream,
-            "mail_ids": sorted(map(str, self.mail_ids)) if self.mail_ids is not None else None,
-        }
+# One batch's statement: the selection's next page, changed or (dry run) not.
+BatchStatement = Callable[[Conn, BatchPage], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class ReplayRequest:
     """What a replay is asked to do; everything here, and nothing else, names the run."""
 
-    selection: Selection
+    selection: MailSelection
     include_sent: bool = False
     max_age: timedelta | None = None
 
@@ -135,13 +106,12 @@ class BatchRun:
         self.skipped[NOT_DEAD] = [mail_id for mail_id in mail_ids if mail_id not in self.seen]
 
 
-def count_selected(conn: psycopg.Connection, selection: Selection) -> int:
-    row = conn.execute(QUERIES["count_selected_mails"], selection.params()).fetchone()
-    return int(row[0]) if row else 0
+def count_selected(conn: Conn, selection: MailSelection) -> int:
+    return outbox_store.count_selected_mails(conn, selection)
 
 
 def replay(
-    conn: psycopg.Connection,
+    conn: Conn,
     request: ReplayRequest,
     options: BatchOptions,
     *,
@@ -149,23 +119,45 @@ def replay(
     via: str = "replay",
     progress: Progress | None = None,
 ) -> BatchRun:
-    params = {
-        **request.selection.params(),
-        "replay_key": request.key,
-        "max_age": request.max_age.total_seconds() if request.max_age else None,
-        "detail": Jsonb({"actor": actor, "replay": request.key, "via": via}),
-    }
-    reasons = SKIP_REASONS if request.selection.mail_ids is None else (*SKIP_REASONS, NOT_DEAD)
+    selection = request.selection
+    detail = {"actor": actor, "replay": request.key, "via": via}
+
+    def statement(conn: Conn, page: BatchPage) -> list[dict[str, Any]]:
+        return outbox_store.replay_batch(
+            conn, selection, page, replay_key=request.key, max_age=request.max_age, detail=detail
+        )
+
+    reasons = SKIP_REASONS if selection.mail_ids is None else (*SKIP_REASONS, NOT_DEAD)
     run = BatchRun(reasons)
-    run_batches(conn, QUERIES["replay_batch"], params, options, run, progress=progress)
-    run.note_unselected(request.selection.mail_ids)
+    run_batches(conn, statement, options, run, progress=progress)
+    run.note_unselected(selection.mail_ids)
+    return run
+
+
+def discard(
+    conn: Conn,
+    selection: MailSelection,
+    options: BatchOptions,
+    *,
+    actor: str,
+    reason: str,
+    progress: Progress | None = None,
+) -> BatchRun:
+    """*selection*'s statuses are the compare-and-set's ``from`` side (dead)."""
+    detail = {"actor": actor, "reason": reason}
+
+    def statement(conn: Conn, page: BatchPage) -> list[dict[str, Any]]:
+        return outbox_store.discard_batch(conn, selection, page, detail=detail)
+
+    run = BatchRun((NOT_DEAD,) if selection.mail_ids is not None else ())
+    run_batches(conn, statement, options, run, progress=progress)
+    run.note_unselected(selection.mail_ids)
     return run
 
 
 def run_batches(
-    conn: psycopg.Connection,
-    statement: str,
-    params: dict[str, Any],
+    conn: Conn,
+    statement: BatchStatement,
     options: BatchOptions,
     run: BatchRun,
     *,
@@ -176,14 +168,12 @@ def run_batches(
     Ctrl-C or a database error rolls back the current batch and stops; the
     batches before it are committed and *run* says what they did.
     """
-    cursor: tuple[datetime | None, uuid.UUID | None] = (None, None)
+    after: tuple[datetime | None, uuid.UUID | None] = (None, None)
     try:
         while options.limit is None or len(run.changed) < options.limit:
-            size = _next_size(options, len(run.changed))
-            batch_params = {**params, "batch_size": size}
-            batch_params |= {"cursor_created_at": cursor[0], "cursor_id": cursor[1]}
+            page = BatchPage(_next_size(options, len(run.changed)), *after)
             with conn.transaction(force_rollback=options.dry_run):
-                rows = execute_batch(conn, statement, batch_params)
+                rows = execute_batch(conn, statement, page)
             run.add(rows)
             if progress is not None:
                 progress(len(rows))
@@ -191,10 +181,10 @@ def run_batches(
                 _wake_relays(conn)
             # Rows that no longer match after waiting for their lock drop out before
             # LIMIT counts (the lock sits below the limit), so a short batch is the last.
-            if len(rows) < size:
+            if len(rows) < page.size:
                 return
             last = max(rows, key=lambda row: (row["created_at"], row["id"]))
-            cursor = (last["created_at"], last["id"])
+            after = (last["created_at"], last["id"])
     except KeyboardInterrupt:
         run.interrupted = True
     except psycopg.Error as exc:
@@ -208,19 +198,12 @@ def _next_size(options: BatchOptions, changed: int) -> int:
     return min(options.batch_size, options.limit - changed)
 
 
-def execute_batch(
-    conn: psycopg.Connection, statement: str, params: dict[str, Any]
-) -> list[dict[str, Any]]:
+def execute_batch(conn: Conn, statement: BatchStatement, page: BatchPage) -> list[dict[str, Any]]:
     """One batch's statement, inside its transaction (the point tests interrupt)."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(statement, params).fetchall()
+    return statement(conn, page)
 
 
-def _wake_relays(conn: psycopg.Connection) -> None:
+def _wake_relays(conn: Conn) -> None:
     """After the COMMIT, like the API: relays pick the new outbox rows up before their poll."""
     with contextlib.suppress(psycopg.Error):  # the relays poll anyway
         conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-
-
-def _utc_iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None

@@ -1,15 +1,20 @@
-"""Retention: delete finished mails (with their events and webhook deliveries), old
-idempotency keys and old CDP events, in short batches that never block the pipeline.
+"""Retention and reconciliation: what happens to mails once they are final.
 
-A mail goes only when it is final, became final before the cutoff, has no outbox
-row and no webhook delivery still pending. Each mail batch is one transaction that
-sets ``mailroom.purge`` locally, the one way past mail_events' append-only trigger.
+Purge: delete finished mails (with their events and webhook deliveries), old
+idempotency keys and old CDP events, in short batches that never block the pipeline.
+A mail goes only when it is final, became final before the cutoff, has no outbox row
+and no webhook delivery still pending. Each mail batch is one transaction that sets
+``mailroom.purge`` locally, the one way past mail_events' append-only trigger.
+
+Report (reconciliation after an incident): what became of every mail accepted in a
+window, counted by current status (every status present, 0 when none), final and not
+final, the not-final mails one by one, and per tenant. All of it is read in one
+read-only snapshot, so the counts and the list agree with each other.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,12 +22,12 @@ from typing import Any
 
 import psycopg
 
-from outbox_relay.admin.audit import record_admin_action
-from shared.queries import QUERIES
-from shared.states import FINAL_STATUSES
+from shared.states import FINAL_STATUSES, MailStatus
+from shared.store import Conn
+from shared.store import outbox as outbox_store
+from shared.store.outbox import FINAL_STATUS_NAMES, MailSelection
 
-# Sorted so that the printed and recorded order is stable.
-FINAL_STATUS_NAMES: tuple[str, ...] = tuple(sorted(status.value for status in FINAL_STATUSES))
+# ----- purge -----
 
 
 @dataclass
@@ -59,13 +64,6 @@ class Retention:
     cutoff: datetime
     batch_size: int
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "final_statuses": list(FINAL_STATUS_NAMES),
-            "cutoff": self.cutoff,
-            "batch_size": self.batch_size,
-        }
-
     def describe(self) -> dict[str, Any]:
         """The arguments recorded with the admin action; 'report' reads the cutoff back."""
         return {
@@ -79,29 +77,23 @@ class Retention:
 BatchCallback = Callable[[str, int], None]
 
 
-def plan_retention(conn: psycopg.Connection, older_than: timedelta, batch_size: int) -> Retention:
+def plan_retention(conn: Conn, older_than: timedelta, batch_size: int) -> Retention:
     """Fixed once, so a confirmation and the purge after it cover the same mails."""
-    row = conn.execute(QUERIES["retention_cutoff"], {"older_than": older_than}).fetchone()
-    assert row is not None
-    return Retention(older_than, row[0].astimezone(UTC), batch_size)
+    return Retention(older_than, outbox_store.retention_cutoff(conn, older_than), batch_size)
 
 
-def count_purgeable(conn: psycopg.Connection, plan: Retention) -> PurgeCounts:
+def count_purgeable(conn: Conn, plan: Retention) -> PurgeCounts:
     """The dry run: what a purge would delete now (rows the pipeline holds included)."""
     counts = PurgeCounts()
-    for status, mails in conn.execute(QUERIES["count_purgeable_mails_by_status"], plan.params()):
-        counts.mails[status] = mails
-    row = conn.execute(QUERIES["count_purgeable_rows"], plan.params()).fetchone()
-    assert row is not None
-    counts.events, counts.webhook_deliveries, counts.idempotency_keys, counts.cdp_events = row
+    counts.mails |= outbox_store.count_purgeable_mails(conn, plan.cutoff)
+    rows = outbox_store.count_purgeable_rows(conn, plan.cutoff)
+    counts.events, counts.webhook_deliveries = rows.events, rows.webhook_deliveries
+    counts.idempotency_keys, counts.cdp_events = rows.idempotency_keys, rows.cdp_events
     return counts
 
 
 def purge_finished(
-    conn: psycopg.Connection,
-    plan: Retention,
-    actor: str,
-    on_batch: BatchCallback | None = None,
+    conn: Conn, plan: Retention, actor: str, on_batch: BatchCallback | None = None
 ) -> PurgeCounts:
     """Delete in batches, then record the action; an interrupted purge records what it did."""
     counts = PurgeCounts()
@@ -117,70 +109,102 @@ def purge_finished(
     return counts
 
 
-def _purge_all(
-    conn: psycopg.Connection, plan: Retention, counts: PurgeCounts, on_batch: BatchCallback
-) -> None:
+def _purge_all(conn: Conn, plan: Retention, counts: PurgeCounts, on_batch: BatchCallback) -> None:
     # Until a batch finds nothing to lock: a batch the re-check emptied still moved on,
     # since the next lock query's snapshot sees what made the re-check drop those mails.
-    while (batch := _purge_mail_batch(conn, plan, counts)) is not None:
-        counts.mail_batches += 1
-        on_batch("mails", batch)
-    for table, query in (
-        ("idempotency_keys", QUERIES["purge_idempotency_keys"]),
-        ("cdp_events", QUERIES["purge_cdp_events"]),
-    ):
-        while (deleted := _delete_batch(conn, query, plan)) > 0:
-            setattr(counts, table, getattr(counts, table) + deleted)
-            on_batch(table, deleted)
-
-
-def _purge_mail_batch(conn: psycopg.Connection, plan: Retention, counts: PurgeCounts) -> int | None:
-    """One transaction: lock a batch, re-check it, delete deliveries, events, mails.
-
-    Returns how many mails went, or None when there was nothing left to lock."""
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(QUERIES["enable_purge_in_transaction"])
-        locked = [row[0] for row in cursor.execute(QUERIES["lock_purgeable_mails"], plan.params())]
-        if not locked:
-            return None
-        ids = _confirmed(cursor, locked)
-        cursor.execute(QUERIES["purge_webhook_deliveries"], {"ids": ids})
-        counts.webhook_deliveries += cursor.rowcount
-        cursor.execute(QUERIES["purge_mail_events"], {"ids": ids})
-        counts.events += cursor.rowcount
-        deleted = 0
-        for status, mails in cursor.execute(QUERIES["purge_mails"], {"ids": ids}):
+    while (batch := outbox_store.purge_mail_batch(conn, plan.cutoff, plan.batch_size)) is not None:
+        for status, mails in batch.mails.items():
             counts.mails[status] += mails
-            deleted += mails
-        return deleted
-
-
-def _confirmed(cursor: psycopg.Cursor[Any], locked: list[uuid.UUID]) -> list[uuid.UUID]:
-    """The lock query's snapshot predates its locks: an outbox row or pending delivery
-    committed in between would be missed. Locked now, a fresh look is final."""
-    return [row[0] for row in cursor.execute(QUERIES["confirm_purgeable_mails"], {"ids": locked})]
-
-
-def _delete_batch(conn: psycopg.Connection, query: str, plan: Retention) -> int:
-    """One statement, so one short transaction of its own (the connection autocommits)."""
-    with conn.cursor() as cursor:
-        cursor.execute(query, plan.params())
-        return cursor.rowcount
+        counts.events += batch.events
+        counts.webhook_deliveries += batch.webhook_deliveries
+        counts.mail_batches += 1
+        on_batch("mails", sum(batch.mails.values()))
+    # One statement per batch, so one short transaction each (the connection autocommits).
+    while (deleted := outbox_store.purge_idempotency_keys(conn, plan.cutoff, plan.batch_size)) > 0:
+        counts.idempotency_keys += deleted
+        on_batch("idempotency_keys", deleted)
+    while (deleted := outbox_store.purge_cdp_events(conn, plan.cutoff, plan.batch_size)) > 0:
+        counts.cdp_events += deleted
+        on_batch("cdp_events", deleted)
 
 
 def _record(
-    conn: psycopg.Connection,
-    plan: Retention,
-    actor: str,
-    counts: PurgeCounts,
-    error: str | None = None,
+    conn: Conn, plan: Retention, actor: str, counts: PurgeCounts, error: str | None = None
 ) -> None:
     result: dict[str, Any] = {**counts.as_dict(), "mail_batches": counts.mail_batches}
     if error is not None:
         result["interrupted"] = error
     with conn.transaction():
-        record_admin_action(conn, "purge", actor, plan.describe(), result)
+        outbox_store.record_admin_action(conn, "purge", actor, plan.describe(), result)
 
 
 def _ignore(_table: str, _deleted: int) -> None:
     return None
+
+
+# ----- report -----
+
+# Lifecycle order (the enum's), which reads better in a report than alphabetical.
+ALL_STATUS_NAMES: tuple[str, ...] = tuple(status.value for status in MailStatus)
+_FINAL: frozenset[str] = frozenset(status.value for status in FINAL_STATUSES)
+
+
+def reconcile(conn: Conn, window: MailSelection, tenant_name: str | None) -> dict[str, Any]:
+    """The report of the mails accepted in *window* (since and until set) as one document;
+    'outbox-relay report' prints it as a table or JSON."""
+    assert window.since is not None and window.until is not None
+    found = outbox_store.window_report(conn, window)
+    tenants = _per_tenant(found.counts)
+    totals = _tally(
+        {status: sum(t["by_status"][status] for t in tenants.values()) for status in _zeros()}
+    )
+    return {
+        "window": {"since": window.since.astimezone(UTC), "until": window.until.astimezone(UTC)},
+        "tenant": tenant_name,
+        "stream": window.stream,
+        **totals,
+        "not_final_mails": [_in_utc(mail) for mail in found.not_final_mails],
+        "tenants": tenants,
+        "warnings": _purge_warnings(found),
+    }
+
+
+def _in_utc(row: dict[str, Any]) -> dict[str, Any]:
+    """Times in UTC whatever the server's TimeZone, as the report says and customers compare."""
+    return {
+        key: value.astimezone(UTC) if isinstance(value, datetime) else value
+        for key, value in row.items()
+    }
+
+
+def _zeros() -> dict[str, int]:
+    return dict.fromkeys(ALL_STATUS_NAMES, 0)
+
+
+def _per_tenant(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by_tenant: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_tenant.setdefault(row["tenant"], _zeros())[row["status"]] = row["mails"]
+    return {tenant: _tally(by_tenant[tenant]) for tenant in sorted(by_tenant)}
+
+
+def _tally(by_status: dict[str, int]) -> dict[str, Any]:
+    final = sum(count for status, count in by_status.items() if status in _FINAL)
+    accepted = sum(by_status.values())
+    return {
+        "accepted": accepted,
+        "by_status": by_status,
+        "final": final,
+        "not_final": accepted - final,
+    }
+
+
+def _purge_warnings(found: outbox_store.WindowReport) -> list[str]:
+    """A purge whose cutoff is after 'since' may have removed mails of this window."""
+    cutoff = found.latest_purge_cutoff
+    if cutoff is None:
+        return []
+    return [
+        f"mails that became final before {cutoff.isoformat()} were purged"
+        f" ({found.purges} purge(s) with a cutoff after --since): counts may be incomplete"
+    ]

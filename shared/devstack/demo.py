@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shared.db import connect
 from shared.devstack.processes import Supervisor, console_script
-from shared.queries import QUERIES
+from shared.store import NotFound
+from shared.store.outbox import find_tenant
 
 TENANT = "demo"
 SENDER_DOMAIN = "example.com"
@@ -44,9 +45,12 @@ def migrate(supervisor: Supervisor) -> str:
 def ensure_tenant(supervisor: Supervisor, database_url: str) -> bool:
     """Create the demo tenant unless it exists; True when it was created now."""
     with connect(database_url) as conn:
-        found = conn.execute(QUERIES["find_tenant_by_name"], {"name": TENANT}).fetchone()
-    if found is not None:
-        return False
+        try:
+            find_tenant(conn, TENANT)
+        except NotFound:
+            pass
+        else:
+            return False
     result = supervisor.run_once(
         "create-tenant",
         [console_script("ingest-api"), "create-tenant", TENANT, "--sender-domain", SENDER_DOMAIN],

@@ -7,6 +7,7 @@ server the worker delivers to.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+# aiosmtpd logs every connection at INFO on "mail.log"; in a process that also runs a
+# command whose stderr is its answer (the tests run CLIs in-process), that chatter would
+# interleave with it. Warnings and errors still show.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -218,9 +218,10 @@ WITH retrying AS (
     UPDATE mails SET status = 'retrying', last_error = %(last_error)s,
                      status_detail = %(detail)s, updated_at = now()
     WHERE id = %(mail_id)s AND status = 'sending'
+      AND status = ANY(mailroom_may_become('retrying'))
     RETURNING id, stream
 )
--- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+-- A stream's queue has the stream's name (shared.streams: Stream.queue).
 INSERT INTO outbox (mail_id, queue, available_at)
 SELECT id, stream, now() + make_interval(secs => %(delay)s) FROM retrying;
 
@@ -339,6 +340,8 @@ WITH abandoned AS (
         status_detail = jsonb_build_object('reason', 'worker lost while sending',
                                            'attempt', attempts)
     WHERE status = 'sending'
+      AND status = ANY(mailroom_may_become(
+          CASE WHEN attempts >= %(max_attempts)s THEN 'dead' ELSE 'retrying' END))
       AND updated_at < now() - make_interval(secs => %(sending_timeout)s)
     RETURNING id, stream, status, attempts
 )
@@ -360,32 +363,32 @@ WHERE dispatch_count > 0 AND available_at > now();
 -- A new campaign; nothing (no row) when the tenant already has one with this key.
 INSERT INTO campaigns (tenant_id, key, from_template, subject_template, text_template,
                        html_template, reply_to, headers, tags)
-VALUES (%(tenant_id)s, %(key)s, %(from)s, %(subject)s, %(text)s, %(html)s, %(reply_to)s,
+VALUES (%(tenant_id)s, %(key)s, %(sender)s, %(subject)s, %(text)s, %(html)s, %(reply_to)s,
         %(headers)s, %(tags)s)
 ON CONFLICT (tenant_id, key) DO NOTHING
-RETURNING key, from_template AS "from", subject_template AS subject, text_template AS text,
+RETURNING key, from_template AS sender, subject_template AS subject, text_template AS text,
           html_template AS html, reply_to, headers, tags, created_at, updated_at;
 
 -- name: list_campaigns_for_tenant
 -- A tenant's campaigns, by key.
-SELECT key, from_template AS "from", subject_template AS subject, text_template AS text,
+SELECT key, from_template AS sender, subject_template AS subject, text_template AS text,
        html_template AS html, reply_to, headers, tags, created_at, updated_at
 FROM campaigns WHERE tenant_id = %(tenant_id)s ORDER BY key;
 
 -- name: get_campaign_for_tenant
--- One campaign of a tenant, by key, with its templates under the API's field names.
-SELECT key, from_template AS "from", subject_template AS subject, text_template AS text,
+-- One campaign of a tenant, by key, with its templates (from_template as sender).
+SELECT key, from_template AS sender, subject_template AS subject, text_template AS text,
        html_template AS html, reply_to, headers, tags, created_at, updated_at
 FROM campaigns WHERE tenant_id = %(tenant_id)s AND key = %(key)s;
 
 -- name: update_campaign
 -- Replace a campaign's templates; mails already accepted keep their rendered content.
 UPDATE campaigns
-SET from_template = %(from)s, subject_template = %(subject)s, text_template = %(text)s,
+SET from_template = %(sender)s, subject_template = %(subject)s, text_template = %(text)s,
     html_template = %(html)s, reply_to = %(reply_to)s, headers = %(headers)s,
     tags = %(tags)s, updated_at = now()
 WHERE tenant_id = %(tenant_id)s AND key = %(key)s
-RETURNING key, from_template AS "from", subject_template AS subject, text_template AS text,
+RETURNING key, from_template AS sender, subject_template AS subject, text_template AS text,
           html_template AS html, reply_to, headers, tags, created_at, updated_at;
 
 -- name: delete_campaign
@@ -438,7 +441,7 @@ WHERE tenant_id = %(tenant_id)s AND message_id = %(message_id)s;
 -- name: match_workflows
 -- The workflows an event triggers (name, and property filters contained in its properties),
 -- with their campaigns' templates.
-SELECT w.id AS workflow_id, c.key, c.from_template AS "from", c.subject_template AS subject,
+SELECT w.id AS workflow_id, c.key, c.from_template AS sender, c.subject_template AS subject,
        c.text_template AS text, c.html_template AS html, c.reply_to, c.headers, c.tags
 FROM workflows w JOIN campaigns c ON c.tenant_id = w.tenant_id AND c.key = w.campaign_key
 WHERE w.tenant_id = %(tenant_id)s AND w.event_name = %(event_name)s

@@ -1,5 +1,5 @@
 -- Queries of 'outbox-relay replay' and 'outbox-relay dlq retry|discard': mails selected by
--- status, window, tenant, stream or id, worked through in batches after a (created_at, id)
+-- status, window, tenant, stream, tag or id, worked through in batches after a (created_at, id)
 -- cursor. Each batch is one statement: lock the candidates, compare-and-set, record events.
 -- "-- name: <name>" followed by one line describing it; shared.queries loads them.
 
@@ -11,7 +11,8 @@ WHERE m.status = ANY(%(statuses)s::text[])
   AND (%(until)s::timestamptz IS NULL OR m.created_at < %(until)s::timestamptz)
   AND (%(tenant_id)s::uuid IS NULL OR m.tenant_id = %(tenant_id)s::uuid)
   AND (%(stream)s::text IS NULL OR m.stream = %(stream)s::text)
-  AND (%(mail_ids)s::uuid[] IS NULL OR m.id = ANY(%(mail_ids)s::uuid[]));
+  AND (%(mail_ids)s::uuid[] IS NULL OR m.id = ANY(%(mail_ids)s::uuid[]))
+  AND (%(tag)s::text IS NULL OR m.tags @> ARRAY[%(tag)s::text]);
 
 -- name: replay_batch
 -- One replay batch: lock the next candidates; unskipped ones go back to 'accepted' and the outbox.
@@ -39,6 +40,7 @@ WITH candidate AS (
       AND (%(tenant_id)s::uuid IS NULL OR m.tenant_id = %(tenant_id)s::uuid)
       AND (%(stream)s::text IS NULL OR m.stream = %(stream)s::text)
       AND (%(mail_ids)s::uuid[] IS NULL OR m.id = ANY(%(mail_ids)s::uuid[]))
+      AND (%(tag)s::text IS NULL OR m.tags @> ARRAY[%(tag)s::text])
       AND (%(cursor_created_at)s::timestamptz IS NULL
            OR (m.created_at, m.id) > (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid))
     ORDER BY m.created_at, m.id
@@ -78,6 +80,7 @@ WITH candidate AS (
       AND (%(tenant_id)s::uuid IS NULL OR m.tenant_id = %(tenant_id)s::uuid)
       AND (%(stream)s::text IS NULL OR m.stream = %(stream)s::text)
       AND (%(mail_ids)s::uuid[] IS NULL OR m.id = ANY(%(mail_ids)s::uuid[]))
+      AND (%(tag)s::text IS NULL OR m.tags @> ARRAY[%(tag)s::text])
       AND (%(cursor_created_at)s::timestamptz IS NULL
            OR (m.created_at, m.id) > (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid))
     ORDER BY m.created_at, m.id
