@@ -19,7 +19,7 @@ from mail_worker.suppression import UnsubscribeLinks
 from mail_worker.webhooks import WebhookPostPolicy, deliver_webhook
 from shared.config import Settings
 from shared.db import DictPool, create_pool
-from shared.store.mails import record_canary_received
+from shared.store.outbox import record_canary_received
 
 _pool: DictPool | None = None
 _smtp: SmtpClient | None = None

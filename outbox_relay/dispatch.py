@@ -35,6 +35,7 @@ from typing import Generic, Protocol, TypeVar
 from outbox_relay.publish import Publisher, PublishError, TaskMessage
 from shared.config import Settings
 from shared.store import Conn
+from shared.store import mails as mails_store
 from shared.store import outbox as outbox_store
 from shared.store import webhooks as webhook_store
 from shared.store.outbox import ClaimedOutboxRow
@@ -163,7 +164,7 @@ class MailOutbox:
             (row.mail_id, row.dead_reason) for row in claimed if not row.expired and row.dead_reason
         ]
         if expired:
-            outbox_store.expire_mails(conn, expired, by="relay")
+            mails_store.expire_mails(conn, expired, by="relay")
         if dead:
             outbox_store.bury_mails(conn, dead)
             for mail_id, reason in dead:

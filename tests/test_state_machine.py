@@ -158,7 +158,7 @@ def expire(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:
         "UPDATE mails SET expires_at = now() - interval '1 second' WHERE id = %s", (mail_id,)
     )
     with conn.transaction():
-        outbox.expire_mails(conn, [mail_id], by="relay")
+        mails.expire_mails(conn, [mail_id], by="relay")
 
 
 def bury(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:

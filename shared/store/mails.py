@@ -267,8 +267,13 @@ def begin_sending(conn: Conn, mail_id: uuid.UUID, worker: str) -> PickedMail | N
             QUERIES["begin_sending"], {"mail_id": mail_id, "worker": worker}
         ).fetchone()
     if mail is None:
-        conn.execute(QUERIES["expire_mails"], {"mail_ids": [mail_id], "by": "worker"})
+        expire_mails(conn, [mail_id], by="worker")
     return mail
+
+
+def expire_mails(conn: Conn, mail_ids: Sequence[uuid.UUID], *, by: str) -> None:
+    """Mails past expires_at become 'expired' and leave the outbox (not those being sent)."""
+    conn.execute(QUERIES["expire_mails"], {"mail_ids": list(mail_ids), "by": by})
 
 
 def finish_sending(
@@ -289,8 +294,3 @@ def schedule_retry(
         QUERIES["schedule_retry"],
         {"mail_id": mail_id, "last_error": error, "delay": delay_seconds, "detail": Jsonb(detail)},
     )
-
-
-def record_canary_received(conn: Conn, canary_id: uuid.UUID, worker: str) -> None:
-    """The worker's half of a canary's round trip through the broker (no mail involved)."""
-    conn.execute(QUERIES["record_canary_received"], {"id": canary_id, "worker": worker})

@@ -98,11 +98,6 @@ def claim_due_outbox(
         return cursor.execute(QUERIES["claim_due_outbox"], params).fetchall()
 
 
-def expire_mails(conn: Conn, mail_ids: Sequence[uuid.UUID], *, by: str) -> None:
-    """Mails past expires_at become 'expired' and leave the outbox (not being sent)."""
-    conn.execute(QUERIES["expire_mails"], {"mail_ids": list(mail_ids), "by": by})
-
-
 def bury_mails(conn: Conn, dead: Sequence[tuple[uuid.UUID, str]]) -> None:
     """Mails the relay gives up on become 'dead' with their reasons and leave the outbox."""
     conn.execute(
@@ -212,6 +207,11 @@ class CanaryTimes:
 def canary_times(conn: Conn, queues: Sequence[str]) -> list[CanaryTimes]:
     with conn.cursor(row_factory=class_row(CanaryTimes)) as cursor:
         return cursor.execute(QUERIES["canary_health"], {"queues": list(queues)}).fetchall()
+
+
+def record_canary_received(conn: Conn, canary_id: uuid.UUID, worker: str) -> None:
+    """The worker's half of a canary's round trip through the broker (no mail involved)."""
+    conn.execute(QUERIES["record_canary_received"], {"id": canary_id, "worker": worker})
 
 
 def prune_canaries(conn: Conn) -> None:
