@@ -3,6 +3,9 @@
 Context variables follow a request or a task through every log call made
 while handling it, so one mail can be followed across API, relay and worker by
 grepping its id.
+
+Hand-written, not python-json-logger or structlog: 70 lines that own the field names
+and the context variables, with nothing to configure or keep compatible.
 """
 
 from __future__ import annotations

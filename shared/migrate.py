@@ -3,6 +3,9 @@
 Each file in ``shared/migrations`` runs in its own transaction together with the
 row that records it, under a transaction-level advisory lock, so two
 ``outbox-relay migrate`` at once apply each migration exactly once.
+
+Hand-written, not Alembic or yoyo: plain SQL files and one advisory lock are all we
+need, and ``tests/test_migrations.py`` holds their result equal to ``schema.sql``.
 """
 
 from __future__ import annotations
