@@ -1,65 +1,42 @@
 """The relay admin CLI at scale: replay, purge, status, and what pauses cost the claim.
 
-Run as ``.venv/bin/python bench/admin.py [--mails 20000] [--repeat 3]``.
-
-Each measurement runs on a fresh copy (CREATE DATABASE ... TEMPLATE) of a throw-away
-database (``mailroom_bench_<hex>``, migrated, one tenant per ``--tenants``, mails
-written with plain INSERT ... SELECT generate_series); everything is dropped at the
-end, also on failure or Ctrl-C. Each figure is the median of ``--repeat`` runs and is
-printed beside a baseline measured in the same run:
-
-1. replay of N dead mails (the command's own code, batches of 500, one transaction
-   each) beside one SQL statement doing the same UPDATE + outbox INSERT + event INSERT
-   for all N at once;
-2. purge of N sent mails 40 days old with 2 events each (batches of 1000) beside one
-   transaction deleting the same events and mails with two plain DELETEs;
-3. the relay's SQL (dispatch_round with a publisher that publishes nothing) on N
-   accepted mails with no pause, and with a pause on another tenant (nothing held,
-   so the only difference is the claim's NOT EXISTS on relay_pauses);
-4. ``outbox-relay status``'s queries on N mails beside a bare ``count(*)``.
-
-The last line of stdout is the figures as JSON.
+Run as ``.venv/bin/python bench/admin.py [--mails 20000] [--repeat 3]``. Each figure is the
+median rows/s of the command's own code over ``--repeat`` fresh copies of a database filled by
+INSERT ... SELECT generate_series, beside a same-run baseline doing the same work in plain SQL
+(relay SQL: a pause on another tenant against none; status: against a bare count(*)).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import functools
 import statistics
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import harness
 import psycopg
 from psycopg.types.json import Jsonb
-from relay import DEFAULT_REDIS_URL, Databases, _NullPublisher, databases  # bench/relay.py
 
-from outbox_relay.admin.replay import BatchOptions, ReplayRequest, Selection, replay
+# --- app internals this scenario uses (update here when the apps move things) ------------------
+from outbox_relay.admin.inspection import gather
+from outbox_relay.admin.replay import BatchOptions, ReplayRequest, replay
 from outbox_relay.admin.retention import plan_retention, purge_finished
-from outbox_relay.commands.status import gather
 from outbox_relay.dispatch import DispatchPolicy, dispatch_round
-from shared.config import Settings
 from shared.db import connect
-from shared.migrate import migrate
 from shared.states import REPLAY_BY_DEFAULT
+from shared.store.outbox import MailSelection
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# -----------------------------------------------------------------------------------------------
+
 REQUEST = {
-    "from": {"name": "Bench", "email": "bench@example.com"},
-    "to": [{"name": "Reader", "email": "reader@example.org"}],
-    "cc": [],
-    "bcc": [],
-    "reply_to": None,
-    "subject": "Benchmark",
-    "text": "Hello",
-    "html": "<p>Hello</p>",
-    "headers": {},
+    "from": {"name": "Bench", "email": "bench@example.com"}, "cc": [], "bcc": [],
+    "to": [{"name": "Reader", "email": "reader@example.org"}], "reply_to": None,
+    "subject": "Benchmark", "text": "Hello", "html": "<p>Hello</p>", "headers": {},
     "attachments": [],
-}
+}  # fmt: skip
 FILL_SQL = """
 INSERT INTO mails (id, tenant_id, stream, request, status, created_at, updated_at, last_error)
 SELECT gen_random_uuid(), (%(tenants)s::uuid[])[1 + n %% cardinality(%(tenants)s::uuid[])],
@@ -73,19 +50,21 @@ INSERT INTO mail_events (mail_id, kind, created_at)
 SELECT id, kind, created_at FROM mails, unnest(ARRAY['accepted', status]) AS kind
 """
 OUTBOX_SQL = "INSERT INTO outbox (mail_id, queue) SELECT id, stream FROM mails"
+# The 'replayed' event comes from the state machine's trigger (migration 0010), as in replay.
 REPLAY_BASELINE_SQL = """
 WITH replayed AS (
-    UPDATE mails SET status = 'accepted', attempts = 0, last_error = NULL, updated_at = now()
+    UPDATE mails SET status = 'accepted', attempts = 0, last_error = NULL, updated_at = now(),
+                     status_detail = '{"actor": "bench"}'::jsonb
     WHERE status = 'dead' RETURNING id, stream
-), queued AS (
-    INSERT INTO outbox (mail_id, queue) SELECT id, stream FROM replayed
 )
-INSERT INTO mail_events (mail_id, kind, detail)
-SELECT id, 'replayed', '{"actor": "bench"}'::jsonb FROM replayed
+INSERT INTO outbox (mail_id, queue) SELECT id, stream FROM replayed
 """
 
 
-def fill(url: str, tenants: int, count: int, status: str, age: str) -> None:
+def fill(dbs: harness.Databases, tenants: int, count: int, status: str, age: str) -> str:
+    """A copy of the base with *count* mails in *status*, *age* old: the template's name."""
+    name, url = dbs.clone()
+    started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         ids = [uuid.uuid4() for _ in range(tenants)]
         for index, tenant_id in enumerate(ids):
@@ -94,24 +73,26 @@ def fill(url: str, tenants: int, count: int, status: str, age: str) -> None:
                 (tenant_id, f"bench-{index}", ["example.com"]),
             )
         params = {"tenants": ids, "request": Jsonb(REQUEST), "status": status, "age": age}
-        conn.execute(FILL_SQL, {**params, "count": count})  # type: ignore[arg-type]
-        conn.execute(EVENTS_SQL)  # type: ignore[arg-type]
+        conn.execute(FILL_SQL, {**params, "count": count})
+        conn.execute(EVENTS_SQL)
         if status == "accepted":
             conn.execute(OUTBOX_SQL)
         conn.execute("VACUUM ANALYZE")
+    print(f"filled {count} {status} mails in {time.perf_counter() - started:.1f} s")
+    return name
 
 
-def timed(run: Callable[[str], int], dbs: Databases, template: str, repeat: int) -> dict[str, Any]:
+def timed(
+    run: Callable[[str], int], dbs: harness.Databases, template: str, repeat: int
+) -> dict[str, Any]:
     """Median rows/s of *run* over *repeat* fresh copies of *template*."""
     rates, seconds = [], []
     for _ in range(repeat):
-        name, url = dbs.clone(template)
-        started = time.perf_counter()
-        rows = run(url)
-        elapsed = time.perf_counter() - started
-        dbs.drop(name)
-        rates.append(rows / elapsed)
-        seconds.append(elapsed)
+        with dbs.copy(template) as (_, url):
+            started = time.perf_counter()
+            rows = run(url)
+            seconds.append(time.perf_counter() - started)
+        rates.append(rows / seconds[-1])
     return {
         "rows": rows,
         "median_rows_per_s": round(statistics.median(rates)),
@@ -123,11 +104,16 @@ def timed(run: Callable[[str], int], dbs: Databases, template: str, repeat: int)
 def replay_with_command(url: str) -> int:
     """The code behind 'outbox-relay replay --since 1d --until now' (dead and failed)."""
     now = datetime.now(UTC)
-    selection = Selection(REPLAY_BY_DEFAULT, since=now - timedelta(days=1), until=now)
+    selection = MailSelection(REPLAY_BY_DEFAULT, since=now - timedelta(days=1), until=now)
     with connect(url) as conn:
         run = replay(conn, ReplayRequest(selection), BatchOptions(batch_size=500), actor="bench")
     assert run.error is None and not run.interrupted, run.error
     return len(run.changed)
+
+
+def replay_baseline(url: str) -> int:
+    with connect(url) as conn:
+        return conn.execute(REPLAY_BASELINE_SQL).rowcount
 
 
 def purge_with_command(url: str) -> int:
@@ -145,14 +131,9 @@ def purge_baseline(url: str) -> int:
         return conn.execute("DELETE FROM mails WHERE status = 'sent'").rowcount
 
 
-def replay_baseline(url: str) -> int:
-    with connect(url) as conn:
-        return conn.execute(REPLAY_BASELINE_SQL).rowcount  # type: ignore[arg-type]
-
-
 def relay_sql(url: str, *, pause_other_tenant: bool) -> int:
-    if pause_other_tenant:
-        with connect(url) as conn:
+    with connect(url) as conn:
+        if pause_other_tenant:
             other = uuid.uuid4()
             conn.execute(
                 "INSERT INTO tenants (id, name, sender_domains) VALUES (%s, 'paused', '{}')",
@@ -161,8 +142,7 @@ def relay_sql(url: str, *, pause_other_tenant: bool) -> int:
             conn.execute(
                 "INSERT INTO relay_pauses (tenant_id, actor) VALUES (%s, 'bench')", (other,)
             )
-    publisher = _NullPublisher(Settings(broker_url=DEFAULT_REDIS_URL))
-    with connect(url) as conn:
+        publisher = harness.NullPublisher()
         policy = DispatchPolicy(batch_size=500, visibility_timeout=60.0)
         while dispatch_round(conn, publisher, policy).claimed:
             pass
@@ -171,8 +151,8 @@ def relay_sql(url: str, *, pause_other_tenant: bool) -> int:
 
 def status_latency(url: str, repeat: int) -> dict[str, float]:
     """Median milliseconds of status's queries and of a bare count(*), same connection."""
+    report, count = [], []
     with connect(url) as conn:
-        report, count = [], []
         for _ in range(repeat):
             started = time.perf_counter()
             gather(conn, 60.0)
@@ -186,75 +166,46 @@ def status_latency(url: str, repeat: int) -> dict[str, float]:
     }
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+COMPARISONS: tuple[tuple[str, str, str, str, Callable[[str], int], Callable[[str], int]], ...] = (
+    # figure, label, status and age of the filled mails, the command's code, its baseline
+    ("replay", "replay (batches of 500)", "dead", "2 hours", replay_with_command, replay_baseline),
+    ("purge", "purge (batches of 1000)", "sent", "40 days", purge_with_command, purge_baseline),
+    (
+        "claim_paused", "relay SQL with a pause in place", "accepted", "1 second",
+        functools.partial(relay_sql, pause_other_tenant=True),
+        functools.partial(relay_sql, pause_other_tenant=False),
+    ),
+)  # fmt: skip
+
+
+def main() -> dict[str, Any]:
+    parser = harness.arguments(__doc__.splitlines()[0])
     parser.add_argument("--mails", type=int, default=20000)
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("MAILROOM_TEST_DATABASE_URL") or DEFAULT_ADMIN_URL,
-        help="a database URL allowed to CREATE/DROP DATABASE (env MAILROOM_TEST_DATABASE_URL)",
-    )
-    return parser.parse_args(argv)
-
-
-def _template(dbs: Databases, base: str, status: str, args: argparse.Namespace, age: str) -> str:
-    name, url = dbs.clone(base)
-    started = time.perf_counter()
-    fill(url, args.tenants, args.mails, status, age)
-    print(f"filled {args.mails} {status} mails in {time.perf_counter() - started:.1f} s")
-    return name
-
-
-def _line(label: str, measured: dict[str, Any], baseline: dict[str, Any]) -> str:
-    ratio = measured["median_rows_per_s"] / baseline["median_rows_per_s"]
-    return (
-        f"{label}: {measured['median_rows_per_s']:,} rows/s (runs {measured['runs_rows_per_s']})"
-        f" vs baseline {baseline['median_rows_per_s']:,} rows/s: ratio {ratio:.2f}"
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    figures: dict[str, Any] = {"mails": args.mails, "repeat": args.repeat, "load": load}
-    with databases(args.admin_url) as dbs:
-        base_url = dbs.create_base()
-        with connect(base_url) as conn:
-            migrate(conn)
-        base = dbs.base
-
-        dead = _template(dbs, base, "dead", args, "2 hours")
-        figures["replay"] = timed(replay_with_command, dbs, dead, args.repeat)
-        figures["replay_baseline"] = timed(replay_baseline, dbs, dead, args.repeat)
-        print(_line("replay (batches of 500)", figures["replay"], figures["replay_baseline"]))
-
-        sent = _template(dbs, base, "sent", args, "40 days")
-        figures["purge"] = timed(purge_with_command, dbs, sent, args.repeat)
-        figures["purge_baseline"] = timed(purge_baseline, dbs, sent, args.repeat)
-        print(_line("purge (batches of 1000)", figures["purge"], figures["purge_baseline"]))
-
-        accepted = _template(dbs, base, "accepted", args, "1 second")
-        figures["claim_paused"] = timed(
-            lambda url: relay_sql(url, pause_other_tenant=True), dbs, accepted, args.repeat
-        )
-        figures["claim"] = timed(
-            lambda url: relay_sql(url, pause_other_tenant=False), dbs, accepted, args.repeat
-        )
-        print(_line("relay SQL with a pause in place", figures["claim_paused"], figures["claim"]))
-
-        name, url = dbs.clone(sent)
-        figures["status"] = status_latency(url, max(5, args.repeat))
-        dbs.drop(name)
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"mails": args.mails, "repeat": args.repeat}
+    templates: dict[str, str] = {}
+    with harness.bench(args) as bench:
+        for key, label, status, age, command, baseline in COMPARISONS:
+            templates[status] = fill(bench.dbs, args.tenants, args.mails, status, age)
+            runs = [
+                timed(run, bench.dbs, templates[status], args.repeat) for run in (command, baseline)
+            ]
+            figures[key], figures[f"{key}_baseline"] = runs
+            rates = [run["median_rows_per_s"] for run in runs]
+            print(
+                f"{label}: {rates[0]:,} rows/s (runs {runs[0]['runs_rows_per_s']}) vs baseline "
+                f"{rates[1]:,} rows/s: ratio {rates[0] / rates[1]:.2f}"
+            )
+        with bench.dbs.copy(templates["sent"]) as (_, url):
+            figures["status"] = status_ms = status_latency(url, max(5, args.repeat))
         print(
-            f"status queries on {args.mails} mails: {figures['status']['status_ms']} ms"
-            f" vs SELECT count(*) FROM mails {figures['status']['count_ms']} ms"
+            f"status queries on {args.mails} mails: {status_ms['status_ms']} ms"
+            f" vs SELECT count(*) FROM mails {status_ms['count_ms']} ms"
         )
-    print(json.dumps(figures, default=str))
-    return 0
+    return figures
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.run(main)

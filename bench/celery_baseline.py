@@ -1,24 +1,8 @@
-"""The design that lost mail, as a baseline for bench/ingest.py: JSON in, Celery out.
+"""The design that lost mail, as ingest.py's baseline: JSON in, Celery ``apply_async`` out.
 
-``POST /v1/mails`` parses the request body and hands it straight to Celery's
-``apply_async`` on a Redis broker; no database, no validation, no
-authentication, no outbox. It answers 202 as soon as Redis has the message, so
-a broker that loses it (restart without persistence, eviction, failover) loses
-the mail although the client holds an id. Nobody consumes the queue.
-
-Serve it with the API's gunicorn settings, from the repository root::
-
-    MAILROOM_BENCH_KEY_PREFIX=mailroom-bench-<hex>: \\
-    python -m gunicorn -c python:ingest_api.gunicorn_conf --bind 127.0.0.1:8001 \\
-        --workers 2 bench.celery_baseline:app
-
-Environment:
-
-``MAILROOM_BENCH_KEY_PREFIX``
-    required; every Redis key is written under it (kombu's ``global_keyprefix``),
-    so the caller can delete exactly what this app wrote.
-``MAILROOM_BENCH_BROKER_URL``
-    default ``redis://127.0.0.1:6379/0``.
+No database, validation, authentication or outbox; 202 once Redis has the message, and nobody
+consumes the queue. ingest.py serves it as ``bench.celery_baseline:app`` with
+MAILROOM_BENCH_KEY_PREFIX (every Redis key goes under it) and MAILROOM_BENCH_BROKER_URL.
 """
 
 from __future__ import annotations
@@ -29,45 +13,30 @@ from typing import Any
 from celery import Celery
 from flask import Flask, Response, jsonify, request
 
+# --- app internals this baseline uses (update here when the apps move things) ------------------
 from shared.queues import SEND_MAIL_TASK, TRANSACTIONAL_QUEUE
 
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+# -----------------------------------------------------------------------------------------------
+
 MAX_BODY_BYTES = 10 * 1024 * 1024  # as the API
 
 
 def _never_runs(mail: dict[str, Any]) -> None:
-    """The task's body; only its name matters here, as nothing consumes the queue."""
-    raise RuntimeError("the celery baseline's queue is not meant to be consumed")
+    """The task's body: only its name matters."""
 
 
-def create_celery(broker_url: str, key_prefix: str) -> Celery:
+def create_app() -> Flask:
+    key_prefix = os.environ["MAILROOM_BENCH_KEY_PREFIX"]  # the caller deletes what is under it
     celery = Celery("mailroom-bench-baseline")
     celery.conf.update(
-        broker_url=broker_url,
+        broker_url=os.environ.get("MAILROOM_BENCH_BROKER_URL") or "redis://127.0.0.1:6379/0",
         broker_transport_options={"global_keyprefix": key_prefix},
-        broker_connection_retry_on_startup=True,
-        task_default_queue=TRANSACTIONAL_QUEUE,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return celery
-
-
-def create_app(broker_url: str | None = None, key_prefix: str | None = None) -> Flask:
-    broker_url = broker_url or os.environ.get("MAILROOM_BENCH_BROKER_URL") or DEFAULT_BROKER_URL
-    key_prefix = key_prefix or os.environ.get("MAILROOM_BENCH_KEY_PREFIX", "")
-    if not key_prefix:
-        raise RuntimeError(
-            "set MAILROOM_BENCH_KEY_PREFIX (e.g. mailroom-bench-<hex>:) so the keys this "
-            "app writes to Redis can be found and deleted"
-        )
-    celery = create_celery(broker_url, key_prefix)
+        broker_connection_retry_on_startup=True, task_default_queue=TRANSACTIONAL_QUEUE,
+        task_ignore_result=True, task_serializer="json", accept_content=["json"],
+    )  # fmt: skip
     send_mail = celery.task(name=SEND_MAIL_TASK, ignore_result=True)(_never_runs)
-
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
-    app.extensions["bench.celery"] = celery
 
     @app.post("/v1/mails")
     def post_mail() -> tuple[Response, int]:
