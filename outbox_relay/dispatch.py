@@ -197,7 +197,7 @@ def dispatch_round(conn: Conn, publisher: Publisher, policy: DispatchPolicy) -> 
 
 @dataclass(frozen=True)
 class WebhookDispatchPolicy:
-    """How the relay publishes webhook deliveries (the worker's WebhookPolicy posts them)."""
+    """How the relay publishes webhook deliveries (the worker's WebhookPostPolicy posts them)."""
 
     batch_size: int
     visibility_timeout: float

@@ -345,7 +345,7 @@ WITH abandoned AS (
       AND updated_at < now() - make_interval(secs => %(sending_timeout)s)
     RETURNING id, stream, status, attempts
 )
--- A stream's queue has the stream's name (shared.queues.STREAM_QUEUES).
+-- A stream's queue has the stream's name (shared.streams.Stream.queue).
 INSERT INTO outbox (mail_id, queue, available_at)
 SELECT id, stream,
        now() + mailroom_backoff(%(retry_base)s, attempts - 1, 3600)
