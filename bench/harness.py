@@ -6,11 +6,13 @@ under ``mailroom-bench-<hex>:`` are ever created, dropped or deleted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import http.client
 import itertools
 import json
+import math
 import os
 import re
 import secrets
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -47,6 +50,7 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TENANT = "bench"
 SENDER_DOMAIN = "example.com"
+SEND_BATCH = Settings().send_batch_size  # mails per send_mails message, as the relay's default
 MESSAGE_ID_DOMAIN = "bench.test"
 FILL_CHUNK = 1000  # mails per pre-fill transaction
 POLL_SECONDS = 0.05
@@ -134,7 +138,7 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 def ms_stats(seconds: Sequence[float], digits: int = 1) -> dict[str, float | int]:
     ordered = sorted(seconds)
-    quantiles = {"p50_ms": 0.50, "p99_ms": 0.99, "max_ms": 1.0}
+    quantiles = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99, "max_ms": 1.0}
     stats = {k: round(percentile(ordered, q) * 1000, digits) for k, q in quantiles.items()}
     return {"n": len(ordered), **stats}
 
@@ -549,8 +553,14 @@ def publisher(keys: RedisKeys) -> Publisher:
     return Publisher(Settings(broker_url=keys.url, broker_key_prefix=keys.prefix))
 
 
-def send_mail_message(mail_id: uuid.UUID, queue: str) -> TaskMessage:
-    return TaskMessage.send_mail(mail_id, queue)
+def send_mails_messages(
+    mail_ids: Sequence[uuid.UUID], queue: str, batch: int = SEND_BATCH
+) -> list[TaskMessage]:
+    """The messages the relay publishes for these mails: batches of *batch* ids."""
+    return [
+        TaskMessage.send_mails(mail_ids[start : start + batch], queue)
+        for start in range(0, len(mail_ids), batch)
+    ]
 
 
 class NullPublisher(Publisher):
@@ -561,7 +571,7 @@ class NullPublisher(Publisher):
         self.taken = 0
 
     def publish(self, messages: Sequence[TaskMessage]) -> None:
-        self.taken += len(messages)
+        self.taken += sum(len(message.object_ids) for message in messages)  # mails
 
 
 def find_py_spy() -> str | None:
@@ -666,6 +676,374 @@ def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]
     print(f"{header}\n{'-' * len(header)}")
     for values in cells:
         print(line(values))
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of one process (VmRSS) in MB; None if it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)  # the kernel says kB
+    return None
+
+
+def tree_rss_mb(pid: int) -> list[dict[str, Any]]:
+    """RSS of *pid* (``parent``) and each process below it (``child``), in MB."""
+    return [
+        {"pid": p, "role": "parent" if p == pid else "child", "rss_mb": rss_mb(p)}
+        for p in process_tree(pid)
+    ]
+
+
+# --- end to end: an open-loop load through the API, a sink that stamps each arrival -------------
+
+
+@dataclasses.dataclass
+class Sent:
+    """One request of an OpenLoop (monotonic clock)."""
+
+    scheduled: float
+    started: float
+    answered: float
+    outcome: str  # the status code, or the exception's name
+    mail_id: str | None  # a 202's mail
+
+
+class OpenLoop:
+    """POST *body* to ``/v1/mails`` at *rate* per second, the i-th request at start + i/rate
+    whatever the answers take: an open loop, so a slow API shows as send lag instead of slowing
+    the load down with it. Keep-alive connections, one per thread of this process (enough that
+    each is idle most of the time at the API's usual latency). Ends after *count* requests, or
+    at stop()."""
+
+    def __init__(
+        self,
+        port: int,
+        key: str,
+        body: dict[str, Any],
+        rate: float,
+        *,
+        count: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.port, self.rate, self.count = port, rate, count
+        self.payload = json.dumps(body).encode()
+        self.headers = json_headers(key, self.payload)
+        self.sent: list[Sent] = []  # list.append is atomic: the threads share it without a lock
+        self.start_at = 0.0
+        self._slots = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        wanted = threads or max(16, math.ceil(rate / 10))
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True)
+            for _ in range(min(wanted, count or wanted))
+        ]
+
+    def start(self) -> OpenLoop:
+        self.start_at = time.monotonic() + 0.2  # every thread is waiting for its slot by then
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            while True:
+                with self._lock:
+                    index = next(self._slots)
+                if self.count is not None and index >= self.count:
+                    break
+                scheduled = self.start_at + index / self.rate
+                if self._stop.wait(max(0.0, scheduled - time.monotonic())):
+                    break
+                started = time.monotonic()
+                outcome, answer = post(conn, "/v1/mails", self.payload, self.headers)
+                mail_id = str(json.loads(answer)["id"]) if outcome == "202" else None
+                self.sent.append(Sent(scheduled, started, time.monotonic(), outcome, mail_id))
+        finally:
+            conn.close()
+
+    def wait(self) -> list[Sent]:
+        """Until *count* requests were answered; the requests in the order they were sent."""
+        for thread in self._threads:
+            thread.join()
+        return sorted(self.sent, key=lambda s: s.started)
+
+    def stop(self) -> list[Sent]:
+        """No request after this one; wait for the answers of those under way."""
+        self._stop.set()
+        return self.wait()
+
+
+def post_stats(sent: Sequence[Sent]) -> dict[str, Any]:
+    """What an OpenLoop did: requests, outcomes, achieved rate, API latency, send lag."""
+    accepted = [s for s in sent if s.mail_id]
+    window = max((s.answered for s in sent), default=0.0) - min(
+        (s.scheduled for s in sent), default=0.0
+    )
+    return {
+        "posted": len(sent),
+        "accepted": len(accepted),
+        "outcomes": dict(Counter(s.outcome for s in sent)),
+        "post_window_s": round(window, 2),
+        "achieved_rate": round(len(accepted) / window, 1) if window > 0 else None,
+        "api": ms_stats([s.answered - s.started for s in accepted]),
+        "send_lag": ms_stats([max(0.0, s.started - s.scheduled) for s in sent]),
+    }
+
+
+class _ArrivalSmtp(asyncio.Protocol):
+    """Just enough ESMTP to take mail (PIPELINING included, as a real MTA offers it); each mail
+    is stamped when its DATA ends, before the 250 is written. Runs in ArrivalSink's child."""
+
+    EHLO = (
+        b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n"
+    )
+    MAX_LINE = 4096
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.buffer = bytearray()
+        self.in_data = False
+        self.scanned = 0  # where the search for the end of DATA goes on
+        self.recipients = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"220 bench-sink ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        replies: list[bytes] = []
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n", self.scanned)
+                if end < 0:
+                    self.scanned = max(0, len(self.buffer) - 4)
+                    break
+                self._arrived(bytes(self.buffer[2 : end + 2]))
+                del self.buffer[: end + 5]
+                self.in_data, self.scanned, self.recipients = False, 0, 0
+                replies.append(b"250 2.0.0 OK\r\n")
+                continue
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                if len(self.buffer) > self.MAX_LINE:
+                    self.transport.close()
+                break
+            verb = bytes(self.buffer[:4]).upper()
+            del self.buffer[: end + 2]
+            if verb == b"QUIT":
+                self.transport.write(b"".join([*replies, b"221 2.0.0 Bye\r\n"]))
+                self.transport.close()
+                return
+            if verb == b"DATA" and self.recipients:
+                replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                self.buffer[0:0] = b"\r\n"  # so that an empty mail ends at "\r\n.\r\n" too
+                self.in_data = True
+                continue
+            self.recipients = self.recipients + 1 if verb == b"RCPT" else self.recipients
+            self.recipients = 0 if verb in (b"MAIL", b"RSET") else self.recipients
+            replies.append(_SMTP_REPLIES.get(verb, b"502 5.5.2 Not implemented\r\n"))
+        if replies:
+            self.transport.write(b"".join(replies))
+
+    def _arrived(self, content: bytes) -> None:
+        now = time.monotonic()
+        match = _MESSAGE_ID.search(content.split(b"\r\n\r\n", 1)[0])
+        mail_id = match.group(1) if match else b"-"
+        self.out.write(b"%s %r\n" % (mail_id, now))
+        self.out.flush()
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^@>\s]+)@", re.IGNORECASE | re.MULTILINE)
+_SMTP_REPLIES = {
+    b"EHLO": _ArrivalSmtp.EHLO,
+    b"HELO": b"250 bench-sink\r\n",
+    b"MAIL": b"250 2.1.0 OK\r\n",
+    b"RCPT": b"250 2.1.5 OK\r\n",
+    b"DATA": b"503 5.5.1 RCPT first\r\n",  # DATA with recipients is handled above
+    b"RSET": b"250 2.0.0 OK\r\n",
+    b"NOOP": b"250 2.0.0 OK\r\n",
+}
+
+
+def serve_arrivals(port: int) -> None:
+    """ArrivalSink's child: an SMTP server on 127.0.0.1:*port* until SIGTERM; one stdout line
+    ``<Message-ID local part> <time.monotonic()>`` per mail, after a first line ``ready``."""
+
+    async def serve() -> None:
+        out = sys.stdout.buffer
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _ArrivalSmtp(out), "127.0.0.1", port)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        out.write(b"ready\n")
+        out.flush()
+        await stop.wait()
+        server.close()
+
+    asyncio.run(serve())
+
+
+class ArrivalSink:
+    """An SMTP sink in a child process that counts receipts per Message-ID (the worker writes
+    ``<mail id@domain>``) and stamps each mail's first arrival with ``time.monotonic()``: one
+    clock for every process of the machine, so that arrivals compare with the times this
+    process took its 202s. A child, not a thread: the load generator and the sink do not share
+    a GIL; a minimal asyncio server, not aiosmtpd, so that it costs little of the CPU it
+    shares with what it measures. Use as a context manager."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.log = workdir / f"arrival-sink-{self.port}.log"
+        self._lock = threading.Lock()
+        self._first: dict[str, float] = {}
+        self._receipts: Counter[str] = Counter()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def __enter__(self) -> ArrivalSink:
+        code = "import sys, harness; harness.serve_arrivals(int(sys.argv[1]))"
+        with self.log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(self.port)], cwd=Path(__file__).parent,
+                stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline() != b"ready\n":
+            self._proc.kill()
+            raise RuntimeError(f"the arrival sink did not start:\n{tail(self.log)}")
+        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            mail_id, _, at = line.decode().partition(" ")
+            with self._lock:
+                self._receipts[mail_id] += 1
+                self._first.setdefault(mail_id, float(at))
+
+    def __exit__(self, *_: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=STOP_TIMEOUT)
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_TIMEOUT)
+
+    def arrived(self, ids: Iterator[str] | Sequence[str] | set[str]) -> dict[str, float]:
+        """The first arrival of each of *ids* that arrived."""
+        with self._lock:
+            return {i: self._first[i] for i in ids if i in self._first}
+
+    def wait_for(
+        self, ids: set[str], timeout: float, check: Callable[[], None] = lambda: None
+    ) -> dict[str, float]:
+        """Until every one of *ids* arrived or *timeout* passed (*check*: between polls, to
+        raise if a service died); the arrivals."""
+        deadline = time.monotonic() + timeout
+        while len(arrived := self.arrived(ids)) < len(ids) and time.monotonic() < deadline:
+            check()
+            time.sleep(POLL_SECONDS)
+        return arrived
+
+    def delivery(self, ids: set[str]) -> dict[str, int]:
+        """Exactly once? Of *ids*: how many arrived once, not at all, more than once, and
+        the receipts beyond the first."""
+        with self._lock:
+            counts = [self._receipts.get(i, 0) for i in ids]
+        return {
+            "mails": len(counts),
+            "delivered_once": sum(1 for n in counts if n == 1),
+            "missing": sum(1 for n in counts if n == 0),
+            "duplicated": sum(1 for n in counts if n > 1),
+            "extra_receipts": sum(n - 1 for n in counts if n > 1),
+        }
+
+    def receipts(self) -> int:
+        with self._lock:
+            return sum(self._receipts.values())
+
+    def check_alive(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise RuntimeError(f"the arrival sink died:\n{tail(self.log)}")
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """The API, a relay and workers as processes on a fresh copy of the base database,
+    delivering into an ArrivalSink."""
+
+    port: int
+    pids: dict[str, int]
+    logs: dict[str, Path]
+    sink: ArrivalSink
+    db_url: str
+
+    def check_alive(self) -> None:
+        check_alive(self.pids, self.logs)
+        self.sink.check_alive()
+
+    def cpu_groups(self, keys: RedisKeys) -> dict[str, list[int]]:
+        """Each service's process tree, the database's backends, Redis, the sink and this
+        process (the load): take them anew for each measure, pools open as they are needed."""
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            groups = cpu_groups(conn, keys, **{name: [pid] for name, pid in self.pids.items()})
+        return groups | {"sink": [self.sink.pid], "bench (load)": [os.getpid()]}
+
+
+@contextlib.contextmanager
+def pipeline(
+    bench: Bench, tag: str, workers: dict[str, list[str]], api_workers: int = 2
+) -> Iterator[Pipeline]:
+    """``ingest-api serve``, ``outbox-relay run`` and one ``mail-worker run`` per entry of
+    *workers* (name: its options) on a fresh copy of the base database, as an operator starts
+    them, with an unsubscribe secret (campaign mail needs one); warmed up by 10 transactional
+    mails (every process connected, the transactional worker's SMTP connection open)."""
+    keys = bench.keys
+    with (
+        bench.dbs.copy() as (_, db_url),
+        ArrivalSink(bench.workdir) as sink,
+        contextlib.ExitStack() as stack,
+    ):
+        stack.callback(keys.delete)
+        keys.delete()
+        port = free_port()
+        metrics = bench.workdir / f"metrics-{tag}"
+        metrics.mkdir()
+        env = service_env(
+            db_url, keys, SMTP_URL=sink.url, MESSAGE_ID_DOMAIN=MESSAGE_ID_DOMAIN,
+            RELAY_METRICS_PORT="0", CANARY_INTERVAL="3600",
+            UNSUBSCRIBE_SECRET=secrets.token_hex(16),
+        ) | {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}  # fmt: skip
+        argvs = {
+            "api": api_argv(port, api_workers),
+            "relay": [console_script("outbox-relay"), "run"],
+        }
+        argvs |= {name: [console_script("mail-worker"), "run", *o] for name, o in workers.items()}
+        logs = {name: bench.workdir / f"{tag}-{name}.log" for name in argvs}
+        pids = {n: stack.enter_context(service(n, a, env, logs[n])) for n, a in argvs.items()}
+        running = Pipeline(port, pids, logs, sink, db_url)
+        wait_http_ready("ingest-api", pids["api"], port, logs["api"])
+        warm = OpenLoop(port, bench.api_key, ORDER_MAIL, 20.0, count=10).start().wait()
+        warm_ids = {s.mail_id for s in warm if s.mail_id}
+        if len(sink.wait_for(warm_ids, 120, running.check_alive)) < len(warm):
+            worker_logs = "\n".join(tail(logs[name]) for name in workers)
+            raise RuntimeError(f"{tag}: warm-up mail missing after 120 s:\n{worker_logs}")
+        print(f"{tag}: pipeline warmed up ({len(warm_ids)} mails arrived)", flush=True)
+        yield running
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ import psycopg
 
 # --- app internals this scenario uses (update here when the apps move things) ------------------
 from mail_worker.compose import compose
-from mail_worker.deliver import deliver
+from mail_worker.deliver import SendOptions, deliver_many
 from mail_worker.smtp import SmtpClient
 from shared.config import Settings, parse_smtp_url
 from shared.db import create_pool
@@ -70,6 +70,7 @@ def find_smtp_sink() -> tuple[str, dict[str, str]] | None:
         return found, {}
     cached = SMTP_SINK_CACHE / "usr" / "sbin" / "smtp-sink"
     if not cached.exists():
+        SMTP_SINK_CACHE.mkdir(parents=True, exist_ok=True)  # dpkg -x does not create parents
         with tempfile.TemporaryDirectory() as folder:
             subprocess.run(["apt-get", "download", "postfix"], cwd=folder, check=False)
             for deb in Path(folder).glob("postfix_*.deb"):
@@ -124,10 +125,28 @@ class Rate:
     rate_with_startup: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
+    # RSS of each mail-worker process (parent, then pool children) just before it was stopped.
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    cpu_ms_per_mail: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Cores over the metered window / mails per second in it = CPU seconds per mail.
+        self.cpu_ms_per_mail = {
+            group: round(cores * 1000 / self.rate, 3) if self.rate else float("nan")
+            for group, cores in self.cpu.items()
+        }
 
     @property
     def per_process(self) -> float:
         return round(self.rate / self.processes, 1)
+
+    @property
+    def sender_ms(self) -> float | None:
+        """CPU ms per mail of what sends: the mail-worker processes, or this process."""
+        return self.cpu_ms_per_mail.get("worker", self.cpu_ms_per_mail.get("bench"))
+
+    def memory_text(self) -> str:
+        return "+".join(f"{p['rss_mb']:.0f}" for p in self.memory if p["rss_mb"] is not None)
 
 
 def sink_meter(sink: Sink) -> harness.CpuMeter:
@@ -179,7 +198,7 @@ def worker_run(
         ids = mail_ids(db_url)
         for offset in range(0, len(ids), PUBLISH_CHUNK):
             chunk = ids[offset : offset + PUBLISH_CHUNK]
-            publisher.publish([harness.send_mail_message(i, TRANSACTIONAL_QUEUE) for i in chunk])
+            publisher.publish(harness.send_mails_messages(chunk, TRANSACTIONAL_QUEUE))
         publisher.close()
         queued = keys.llen(TRANSACTIONAL_QUEUE)
         env = harness.service_env(
@@ -204,17 +223,20 @@ def worker_run(
                 {"worker": [pid], "sink": [sink.pid]}, keys, timeout=max(120.0, mails / 10),
                 profile=profile,
             )  # fmt: skip
+            memory = harness.tree_rss_mb(pid)  # at the end of the run, before the stop
         keys.delete()
     return Rate(
         f"mail-worker run --concurrency {concurrency}", sink.name, mails, drained.seconds,
         drained.rate, concurrency, drained.startup_seconds, drained.rate_with_startup,
         drained.cpu, {"queued_in_redis": queued, "log": log.name, "profile": drained.profile},
+        memory,
     )  # fmt: skip
 
 
 def send_step(bench: harness.Bench, filled: str, sink: Sink, *, reuse: bool) -> Rate:
-    """``deliver`` in this process over a copy of the pre-filled mails (no Celery, no Redis);
-    without reuse the SmtpClient says QUIT after each mail."""
+    """The send step in this process over a copy of the pre-filled mails (no Celery, no
+    Redis): with reuse, ``deliver_many`` over batches of the relay's default size on one
+    connection; without, ``deliver`` mail by mail with a QUIT after each."""
     with bench.dbs.copy(filled) as (_, db_url):
         ids = [str(i) for i in mail_ids(db_url)]
         pool = create_pool(Settings(database_url=db_url), name="bench-worker", max_size=2)
@@ -222,21 +244,22 @@ def send_step(bench: harness.Bench, filled: str, sink: Sink, *, reuse: bool) -> 
         client = SmtpClient(parse_smtp_url(sink.url), timeout=30)
         outcomes: Counter[str] = Counter()
         meter = sink_meter(sink)
-        worker, domain = f"bench:{os.getpid()}", harness.MESSAGE_ID_DOMAIN
+        options = SendOptions(harness.MESSAGE_ID_DOMAIN, f"bench:{os.getpid()}")
+        size = harness.SEND_BATCH if reuse else 1
         with pool, contextlib.closing(client):
-            for index, mail_id in enumerate(ids):
-                if index == 1:  # the first mail opened the pool's and the SMTP connection
-                    meter.start()
-                    started = time.monotonic()
-                outcome = deliver(pool, client, mail_id, message_id_domain=domain, worker=worker)
-                outcomes[outcome] += 1
-                if not reuse and index > 0:
+            outcomes.update(deliver_many(pool, client, ids[:1], options))  # opens both
+            meter.start()
+            started = time.monotonic()
+            for offset in range(1, len(ids), size):
+                outcomes.update(deliver_many(pool, client, ids[offset : offset + size], options))
+                if not reuse:
                     client.close()
             elapsed = time.monotonic() - started
             cpu = meter.stop()
     count = len(ids) - 1
+    label = f"deliver_many(), batches of {size}" if reuse else "deliver()"
     return Rate(
-        connection_label("deliver()", reuse), sink.name, count, round(elapsed, 3),
+        connection_label(label, reuse), sink.name, count, round(elapsed, 3),
         round(count / elapsed, 1), cpu=cpu, detail={"outcomes": dict(outcomes)},
     )  # fmt: skip
 
@@ -245,9 +268,12 @@ def print_rate(r: Rate) -> None:
     extra = ""
     if r.startup_seconds is not None:
         extra = f" ({r.rate_with_startup:.0f}/s with {r.startup_seconds:.2f} s start-up)"
+    per_mail = ", ".join(f"{group} {ms:.2f}" for group, ms in r.cpu_ms_per_mail.items())
+    rss = ", ".join(f"{p['role']} {harness.fmt(p['rss_mb'])}" for p in r.memory)
     print(
         f"[{r.sink:<9}] {r.label:<40} {r.rate:8.1f} mails/s, {r.per_process:8.1f} per process"
-        f"{extra}\n{'':12}{r.mails} mails in {r.seconds:.2f} s; cores: {harness.cores_text(r.cpu)}",
+        f"{extra}\n{'':12}{r.mails} mails in {r.seconds:.2f} s; cores: {harness.cores_text(r.cpu)}"
+        f"\n{'':12}CPU ms per mail: {per_mail}" + (f"; RSS MB: {rss}" if rss else ""),
         flush=True,
     )
 
@@ -265,20 +291,27 @@ def print_table(results: Sequence[Rate]) -> list[dict[str, Any]]:
                 "per_process": r.per_process, "raw_over_this": ratio,
                 "within_aim": None if ratio is None else ratio <= AIM,
                 "machine_cores": r.cpu.get("machine", 0.0),
+                "sender_cpu_ms_per_mail": r.sender_ms,
+                "machine_cpu_ms_per_mail": r.cpu_ms_per_mail.get("machine"),
+                "worker_rss_mb": [p["rss_mb"] for p in r.memory],
             }
         )  # fmt: skip
     print(
         "\nmails/s from a pre-filled queue; raw/this = smtplib's rate (same sink, same "
-        "connection use) / this per-process rate"
+        "connection use) / this per-process rate; CPU ms per mail of the sender (the "
+        "mail-worker processes, or this process for smtplib and the send step) and of the "
+        "machine; RSS of each mail-worker process at the end (parent+children)"
     )
     harness.print_table(
         [("sink", ""), ("what", ""), ("procs", "d"), ("|", ""), ("mails/s", ".1f"),
          ("per proc", ".1f"), ("|", ""), ("raw/this", ".2f"), (f"aim {AIM}", ""), ("|", ""),
-         ("machine cores", ".2f")],
+         ("machine cores", ".2f"), ("|", ""), ("sender ms", ".2f"), ("box ms", ".2f"), ("|", ""),
+         ("RSS MB", "")],
         [
             [*list(row.values())[:6], {None: "-", True: "yes", False: "NO"}[row["within_aim"]],
-             row["machine_cores"]]
-            for row in rows
+             row["machine_cores"], row["sender_cpu_ms_per_mail"], row["machine_cpu_ms_per_mail"],
+             r.memory_text() or "-"]
+            for row, r in zip(rows, results, strict=True)
         ],
     )  # fmt: skip
     return rows

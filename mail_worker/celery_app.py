@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from mail_worker.tasks import make_canary, make_deliver_webhook, make_send_mail
+from mail_worker.tasks import make_canary, make_deliver_webhook, make_send_mail, make_send_mails
 from shared.cli_support import settings_or_exit
 from shared.config import Settings
 from shared.jsonlog import configure_logging
@@ -21,6 +21,7 @@ from shared.queues import (
     CANARY_TASK,
     DELIVER_WEBHOOK_TASK,
     SEND_MAIL_TASK,
+    SEND_MAILS_TASK,
     all_queues,
     broker_queue_name,
     broker_transport_options,
@@ -53,6 +54,9 @@ def create_celery_app(settings: Settings) -> Celery:
         task_time_limit=settings.sending_timeout * 0.6,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+    )
+    celery.task(name=SEND_MAILS_TASK, bind=False, acks_late=True, reject_on_worker_lost=True)(
+        make_send_mails(settings)
     )
     celery.task(name=SEND_MAIL_TASK, bind=False, acks_late=True, reject_on_worker_lost=True)(
         make_send_mail(settings)

@@ -23,7 +23,9 @@ checks the bytes before SMTP (:mod:`mail_worker.wire_check`).
 from __future__ import annotations
 
 import base64
+import binascii
 import re
+import secrets
 import string
 import unicodedata
 import uuid
@@ -279,7 +281,72 @@ def compose(
     headers.append(f"Message-ID: {message_id(mail_id, domain)}\r\n")
     for name, value in client_headers(request, list_unsubscribe).items():
         headers.append(client_header(name, value, utf8=utf8))
-    return "".join(headers).encode("utf-8") + _body(request, utf8=utf8).as_bytes()
+    head = "".join(headers).encode("utf-8")
+    if not request.get("attachments"):
+        return head + _text_body(request)
+    return head + _body(request, utf8=utf8).as_bytes()
+
+
+# ----- the body of a mail without attachments, written here -----
+# The standard library's MIME code costs about 0.6 ms for a 5 KB text+html mail, two
+# thirds of composing it (bench/worker.py's profile); the common shape (text, html or
+# both, no attachments) is written here in a few microseconds of C (binascii), and
+# wire_check parses it back like any other mail. Attachments still go through _body.
+
+
+def _text_body(request: Mapping[str, Any]) -> bytes:
+    """MIME-Version, Content-Type and the body: one text part, or multipart/alternative."""
+    text, html = request.get("text"), request.get("html")
+    leaves = [_leaf("plain", text)] if text else []
+    if html or not text:
+        leaves.append(_leaf("html", html or ""))
+    if len(leaves) == 1:
+        return b"MIME-Version: 1.0\r\n" + leaves[0]
+    boundary = _boundary(leaves)
+    delimiter = b"--" + boundary
+    return (
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n'
+        + b"".join(delimiter + b"\r\n" + leaf + b"\r\n" for leaf in leaves)
+        + delimiter + b"--\r\n"
+    )  # fmt: skip
+
+
+def _leaf(subtype: str, content: str) -> bytes:
+    """A text part in UTF-8: as it is (7bit) when it is short-lined ASCII, else quoted-
+    printable or base64, whichever is shorter (as the standard library chooses)."""
+    text = content.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    data = text.encode("utf-8")
+    if data.isascii() and max(map(len, data.split(b"\n"))) <= LINE:
+        encoding, body = "7bit", data
+    else:
+        qp = binascii.b2a_qp(data, istext=True)
+        b64 = b"".join(
+            binascii.b2a_base64(data[i : i + 57]) for i in range(0, len(data), 57)
+        )  # 76-character lines
+        encoding, body = ("quoted-printable", qp) if len(qp) <= len(b64) else ("base64", b64)
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
+        + body.replace(b"\n", b"\r\n")
+    )
+
+
+# One boundary for every mail, so each parser that reads it back (ours in wire_check, the
+# receiving servers') compiles its boundary pattern once: a new random boundary per mail
+# cost the wire check a regular expression compile per mail (~0.2 ms). A quoted-printable
+# or base64 part cannot contain it ('=_' is not an escape, '-' is not base64); a 7bit part
+# holds the tenant's text as it is, so a part that contains it gets a random one.
+BOUNDARY = b"=_mailroom_alternative"
+
+
+def _boundary(leaves: list[bytes]) -> bytes:
+    boundary = BOUNDARY
+    while any(boundary in leaf for leaf in leaves):
+        boundary = f"=_mailroom_{secrets.token_hex(12)}".encode("ascii")
+    return boundary
 
 
 def client_headers(request: Mapping[str, Any], list_unsubscribe: str | None) -> dict[str, str]:

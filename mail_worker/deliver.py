@@ -1,4 +1,5 @@
-"""The send step: pick the mail up, build it, hand it to SMTP, record the outcome.
+"""The send step: pick a batch of mails up, then build each, hand it to SMTP and record
+its outcome before the next one goes out.
 
 A permanent refusal (5xx) makes the mail ``failed``; a transient one (4xx, a
 timeout, a lost connection) puts it back into the outbox as ``retrying`` with a
@@ -13,17 +14,30 @@ loses none of them.
 
 Between the SMTP server's acceptance and our COMMIT of ``sent`` lies the only
 window in which a crash can cause a second send; the deterministic Message-ID
-lets downstream systems recognise it.
+lets downstream systems recognise it. A batch does not widen it: each outcome is
+committed before the next mail's DATA, so it covers at most one mail per SMTP
+connection. A worker that dies in the middle of a batch leaves the rest of it in
+``sending``, never sent, until its lease lapses and the relay takes them back.
+
+A database error at the pickup or at an outcome's record is retried on a fresh
+connection (:func:`shared.db.with_fresh_connection_retries`): after a blip, mail flows
+again as soon as the database answers, not after the relay's redispatch.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from psycopg import Connection
+from psycopg.rows import DictRow
 
 from mail_worker.compose import compose, message_id, needs_smtputf8
 from mail_worker.smtp import SmtpClient, SmtpFailure
@@ -36,7 +50,7 @@ from mail_worker.suppression import (
 )
 from mail_worker.wire_check import WireCheckFailed, check_wire
 from shared.backoff import jittered_backoff
-from shared.db import DictPool
+from shared.db import DictPool, with_fresh_connection_retries
 from shared.jsonlog import mail_context
 from shared.states import MailStatus
 from shared.store import mails, suppressions
@@ -46,27 +60,28 @@ from shared.unsubscribe_tokens import UnsubscribeSecretMissing
 log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 1000
-
-
-def _finish(
-    pool: DictPool,
-    mail: PickedMail,
-    status: MailStatus,
-    detail: dict[str, Any],
-    error: str | None,
-    *,
-    refused: dict[str, str] | None = None,
-) -> None:
-    """Record the outcome; recipients *refused* with a 5xx become hard bounces with it."""
-    with pool.connection() as conn, conn.transaction():
-        mails.finish_sending(conn, mail.id, status, detail, error)
-        suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, hard_bounces(refused or {}))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 6
     base_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """What the send step needs besides the mails: one per worker process."""
+
+    message_id_domain: str
+    worker: str  # who holds the mails in 'sending' (the lease's name)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    unsubscribe: UnsubscribeLinks | None = None  # required for campaign mail
+    # How long a pickup or an outcome's record keeps trying through a database blip.
+    database_retry_seconds: float = 30.0
+    # False once this process's lease may have lapsed (mail_worker.lease): the relay may
+    # have put its mails back, so it sends none of them.
+    lease_held: Callable[[], bool] = lambda: True
 
 
 @dataclass(frozen=True)
@@ -95,42 +110,33 @@ def decide(
     return RetryDecision(MailStatus.RETRYING, delay_seconds=delay)
 
 
-def _after_failure(
-    pool: DictPool, mail: PickedMail, error: SmtpFailure, policy: RetryPolicy
-) -> str:
-    """Permanent: failed. Transient: retrying through the outbox, or dead/expired."""
-    if not error.transient:
-        _finish(
-            pool, mail, MailStatus.FAILED, {"error": str(error)}, str(error), refused=error.refused
-        )
-        return MailStatus.FAILED.value
-    decision = decide(
-        attempts=mail.attempts,
-        max_attempts=policy.max_attempts,
-        expires_at=mail.expires_at,
-        base=policy.base_seconds,
-    )
-    if decision.status is not MailStatus.RETRYING:
-        detail = {"error": str(error), "reason": decision.reason}
-        _finish(
-            pool,
-            mail,
-            decision.status,
-            detail,
-            f"{decision.reason}: {error}",
-            refused=error.refused,
-        )
-        return decision.status.value
-    retry_detail: dict[str, Any] = {
-        "error": str(error),
-        "attempt": mail.attempts,
-        "retry_in_seconds": round(decision.delay_seconds, 1),
-    }
-    with pool.connection() as conn, conn.transaction():
-        bounces = hard_bounces(error.refused)  # the 5xx ones among 4xx refusals
-        suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, bounces)
-        mails.schedule_retry(conn, mail.id, str(error), decision.delay_seconds, retry_detail)
-    return MailStatus.RETRYING.value
+def deliver_many(
+    pool: DictPool, smtp: SmtpClient, mail_ids: Sequence[str], options: SendOptions
+) -> list[str]:
+    """Send each mail of the batch that this delivery wins at pickup; return, in the
+    order of *mail_ids*, what happened to each (``duplicate`` for a mail it did not win)."""
+    ids = [uuid.UUID(mail_id) for mail_id in mail_ids]
+
+    def pick_up(conn: Connection[DictRow]) -> list[PickedMail]:
+        # Pipeline mode: BEGIN, the locks, the compare-and-set and COMMIT in one round trip.
+        with conn.pipeline(), conn.transaction():
+            return mails.begin_sending(conn, ids, options.worker)
+
+    picked = _retrying(pool, options, "pickup", pick_up)
+    screened = _retrying(pool, options, "suppression screen", lambda conn: screen(conn, picked))
+    outcomes: dict[uuid.UUID, str] = {}
+    with _SentRecorder(pool, options) as recorder:
+        for mail in picked:
+            with mail_context(str(mail.id)):
+                outcomes[mail.id] = _deliver_picked(
+                    pool, smtp, mail, screened[mail.id], options, recorder=recorder
+                )
+    for mail_id in ids:
+        if mail_id not in outcomes:
+            with mail_context(str(mail_id)):
+                log.info("duplicate delivery ignored: the mail was already picked up")
+    # A mail listed twice was sent once: its second place is a duplicate delivery.
+    return [outcomes.pop(mail_id, "duplicate") for mail_id in ids]
 
 
 def deliver(
@@ -143,57 +149,114 @@ def deliver(
     retry: RetryPolicy | None = None,
     unsubscribe: UnsubscribeLinks | None = None,
 ) -> str:
-    """Send one mail if this delivery wins the pickup; return what happened.
+    """Send one mail if this delivery wins the pickup; return what happened."""
+    options = SendOptions(message_id_domain, worker, retry or RetryPolicy(), unsubscribe)
+    return deliver_many(pool, smtp, [mail_id], options)[0]
 
-    *unsubscribe* makes the one-click links of campaign mails (required for them).
-    """
-    with mail_context(mail_id):
-        # Pipeline mode: BEGIN, the lock and the compare-and-set travel in one round trip.
-        with pool.connection() as conn, conn.pipeline(), conn.transaction():
-            mail = mails.begin_sending(conn, uuid.UUID(mail_id), worker)
-        if mail is None:
-            log.info("duplicate delivery ignored: the mail was already picked up")
-            return "duplicate"
-        screened = screen(pool, mail)  # the suppression list
-        if not screened.recipients:
-            _finish(
-                pool, mail, MailStatus.SUPPRESSED, {"suppressed": screened.suppressed},
-                "every recipient is suppressed",
-            )  # fmt: skip
-            log.info("suppressed: every recipient is on the suppression list")
-            return MailStatus.SUPPRESSED.value
+
+def _retrying(
+    pool: DictPool, options: SendOptions, what: str, work: Callable[[Connection[DictRow]], T]
+) -> T:
+    return with_fresh_connection_retries(
+        pool, work, within=options.database_retry_seconds, what=what
+    )
+
+
+class _SentRecorder:
+    """Records a mail's ``sent`` on a second connection while the next mail is composed
+    and checked (CPU work that hides the commit's round trip), and holds that next mail
+    back from SMTP until the record is committed: the duplicate window stays one mail."""
+
+    def __init__(self, pool: DictPool, options: SendOptions) -> None:
+        self._pool, self._options = pool, options
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-sent")
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _SentRecorder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         try:
-            link = list_unsubscribe_url(unsubscribe, mail)
-        except UnsubscribeSecretMissing as exc:
-            log.error("campaign mail not sent", extra={"error": str(exc)})
-            failure = SmtpFailure(str(exc), transient=True)  # sent once the secret is set
-            return _after_failure(pool, mail, failure, retry or RetryPolicy())
-        return _send(
-            pool, smtp, mail,
-            screened=screened, link=link, message_id_domain=message_id_domain, retry=retry,
-        )  # fmt: skip
+            self.wait()
+        finally:
+            self._thread.shutdown(wait=True)
+
+    def record(self, mail: PickedMail, detail: dict[str, Any], refused: dict[str, str]) -> None:
+        self.wait()
+        context = contextvars.copy_context()  # the log lines keep the mail's id
+        self._pending = self._thread.submit(
+            context.run,
+            _finish,
+            self._pool,
+            mail,
+            MailStatus.SENT,
+            detail,
+            None,
+            options=self._options,
+            refused=refused,
+        )
+
+    def wait(self) -> None:
+        """Until the last ``sent`` is committed; raises what recording it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
-def _send(
+def _deliver_picked(
     pool: DictPool,
     smtp: SmtpClient,
     mail: PickedMail,
-    *,
     screened: Screened,
-    link: str | None,
-    message_id_domain: str,
-    retry: RetryPolicy | None,
+    options: SendOptions,
+    *,
+    recorder: _SentRecorder,
 ) -> str:
-    """Compose, check and send a picked-up mail; every way out is a recorded state."""
-    retry = retry or RetryPolicy()
+    """Screen, compose, check and send a picked-up mail; every way out is a recorded state."""
+    if not screened.recipients:
+        _finish(
+            pool, mail, MailStatus.SUPPRESSED, {"suppressed": screened.suppressed},
+            "every recipient is suppressed", options=options,
+        )  # fmt: skip
+        log.info("suppressed: every recipient is on the suppression list")
+        return MailStatus.SUPPRESSED.value
     try:
-        raw = wire_bytes(mail, message_id_domain, link)
+        link = list_unsubscribe_url(options.unsubscribe, mail)
+    except UnsubscribeSecretMissing as exc:
+        log.error("campaign mail not sent", extra={"error": str(exc)})
+        failure = SmtpFailure(str(exc), transient=True)  # sent once the secret is set
+        return _after_failure(pool, mail, failure, options)
+    try:
+        raw = wire_bytes(mail, options.message_id_domain, link)
     except Exception as exc:  # deterministic: the same mail would fail the same way
         reason = "unsafe_on_the_wire" if isinstance(exc, WireCheckFailed) else "compose_failed"
         error = f"{reason}: {type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-        _finish(pool, mail, MailStatus.FAILED, {"reason": reason, "error": error}, error)
+        failed = {"reason": reason, "error": error}
+        _finish(pool, mail, MailStatus.FAILED, failed, error, options=options)
         log.error("mail not sent", extra={"reason": reason, "error": error})
         return MailStatus.FAILED.value
+    return _send_composed(pool, smtp, mail, raw, screened, options=options, recorder=recorder)
+
+
+def _send_composed(
+    pool: DictPool,
+    smtp: SmtpClient,
+    mail: PickedMail,
+    raw: bytes,
+    screened: Screened,
+    *,
+    options: SendOptions,
+    recorder: _SentRecorder,
+) -> str:
+    """The SMTP transaction of a composed and checked mail, and its outcome."""
+    recorder.wait()  # the previous mail's sent is committed before this one's SMTP
+    if not options.lease_held():
+        # Cut off from the database for most of a lease: the relay may have given this
+        # mail to another worker. Not sending it closes most of that duplicate window;
+        # the retry's record is refused (attempt guard) if the mail was taken back.
+        log.error("not sent: this worker's lease may have lapsed")
+        failure = SmtpFailure("not sent: the worker's lease may have lapsed", transient=True)
+        return _after_failure(pool, mail, failure, options)
     try:
         reply = smtp.send(
             mail.request["from"]["email"],
@@ -203,21 +266,100 @@ def _send(
         )
     except SmtpFailure as exc:
         log.warning("send failed", extra={"error": str(exc), "transient": exc.transient})
-        return _after_failure(pool, mail, exc, retry)
+        return _after_failure(pool, mail, exc, options)
     except Exception as exc:  # not an SMTP answer: retried, and counted, like a timeout
         smtp.close()  # the connection's state is unknown
         log.exception("send step raised")
         failure = SmtpFailure(f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH], transient=True)
-        return _after_failure(pool, mail, failure, retry)
+        return _after_failure(pool, mail, failure, options)
     detail: dict[str, Any] = {
         "smtp_reply": f"{reply.code} {reply.text}",
         "refused": reply.refused,
     }
     if screened.suppressed:
         detail["suppressed"] = screened.suppressed
-    _finish(pool, mail, MailStatus.SENT, detail, None, refused=reply.refused)
+    # Committed before the next mail's SMTP: the duplicate window stays one mail wide.
+    recorder.record(mail, detail, reply.refused)
     log.info("sent", extra={"smtp_reply": detail["smtp_reply"]})
     return MailStatus.SENT.value
+
+
+def _finish(
+    pool: DictPool,
+    mail: PickedMail,
+    status: MailStatus,
+    detail: dict[str, Any],
+    error: str | None,
+    *,
+    options: SendOptions,
+    refused: dict[str, str] | None = None,
+) -> None:
+    """Record the outcome; recipients *refused* with a 5xx become hard bounces with it.
+
+    One autocommit statement when nobody bounced (one round trip), else one transaction.
+    """
+    bounces = hard_bounces(refused or {})
+
+    def record(conn: Connection[DictRow]) -> bool:
+        if not bounces:
+            return mails.finish_sending(conn, mail, status, detail, error)
+        with conn.transaction():
+            recorded = mails.finish_sending(conn, mail, status, detail, error)
+            suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, bounces)
+            return recorded
+
+    if not _retrying(pool, options, f"record {status.value}", record):
+        _not_recorded(status)
+
+
+def _not_recorded(status: MailStatus) -> None:
+    log.error(
+        "outcome not recorded: the mail was taken back from this worker (its lease lapsed)",
+        extra={"outcome": status.value},
+    )
+
+
+def _after_failure(
+    pool: DictPool, mail: PickedMail, error: SmtpFailure, options: SendOptions
+) -> str:
+    """Permanent: failed. Transient: retrying through the outbox, or dead/expired."""
+    if not error.transient:
+        _finish(
+            pool, mail, MailStatus.FAILED, {"error": str(error)}, str(error),
+            options=options, refused=error.refused,
+        )  # fmt: skip
+        return MailStatus.FAILED.value
+    policy = options.retry
+    decision = decide(
+        attempts=mail.attempts,
+        max_attempts=policy.max_attempts,
+        expires_at=mail.expires_at,
+        base=policy.base_seconds,
+    )
+    if decision.status is not MailStatus.RETRYING:
+        detail = {"error": str(error), "reason": decision.reason}
+        message = f"{decision.reason}: {error}"
+        _finish(
+            pool, mail, decision.status, detail, message, options=options, refused=error.refused
+        )
+        return decision.status.value
+    retry_detail: dict[str, Any] = {
+        "error": str(error),
+        "attempt": mail.attempts,
+        "retry_in_seconds": round(decision.delay_seconds, 1),
+    }
+    bounces = hard_bounces(error.refused)  # the 5xx ones among 4xx refusals
+
+    def record(conn: Connection[DictRow]) -> bool:
+        with conn.transaction():
+            suppressions.add_hard_bounces(conn, mail.tenant_id, mail.id, bounces)
+            return mails.schedule_retry(
+                conn, mail, str(error), decision.delay_seconds, retry_detail
+            )
+
+    if not _retrying(pool, options, "record retrying", record):
+        _not_recorded(MailStatus.RETRYING)
+    return MailStatus.RETRYING.value
 
 
 def wire_bytes(mail: PickedMail, message_id_domain: str, list_unsubscribe: str | None) -> bytes:

@@ -1,5 +1,10 @@
 """The SMTP connection: opened once per worker process and reused across mails.
 
+A reused connection is not probed with RSET before each mail (a round trip per mail):
+after a completed DATA the server is ready for the next MAIL (RFC 5321, 4.1.4). If
+the server closed it while it was idle, MAIL fails before anything of the mail was
+sent, so the mail goes out on a new connection at once. RSET follows a refusal.
+
 The server's final reply to DATA is what we record as proof of delivery, so the
 transaction is driven step by step (MAIL, RCPT…, DATA) instead of sendmail(),
 which discards that reply.
@@ -32,6 +37,10 @@ class SmtpFailure(Exception):
         super().__init__(message)
         self.transient = transient
         self.refused = refused or {}
+
+
+class _StaleConnection(Exception):
+    """The server would not even take MAIL: the connection was closed while we held it."""
 
 
 class _EveryRecipientRefused(smtplib.SMTPResponseException):
@@ -89,25 +98,20 @@ class SmtpClient:
             raise
         return smtp
 
-    def _ready_connection(self) -> smtplib.SMTP:
-        """The reused connection after RSET, or a new one if the old one is gone."""
-        if self._smtp is not None:
-            try:
-                code, _ = self._smtp.rset()
-                if code == 250:
-                    return self._smtp
-            except (smtplib.SMTPException, OSError):
-                pass
-            self.close()
-        self._smtp = self._open()
-        return self._smtp
-
     def send(
         self, sender: str, recipients: list[str], data: bytes, *, smtputf8: bool = False
     ) -> SmtpReply:
         try:
-            smtp = self._ready_connection()
-            return self._transaction(smtp, sender, recipients, data, smtputf8)
+            if self._smtp is not None:
+                try:
+                    return self._transaction(self._smtp, sender, recipients, data, smtputf8)
+                except _StaleConnection:
+                    self.close()  # closed while idle: nothing of this mail reached it
+            self._smtp = self._open()
+            return self._transaction(self._smtp, sender, recipients, data, smtputf8)
+        except _StaleConnection as exc:  # a brand-new connection that will not take MAIL
+            self.close()
+            raise SmtpFailure(str(exc), transient=True) from exc
         except smtplib.SMTPResponseException as exc:
             self._reset_after_refusal()
             transient = 400 <= exc.smtp_code < 500
@@ -130,7 +134,12 @@ class SmtpClient:
                 transient=False,  # the same server would refuse it again
             )
         options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
-        code, reply = smtp.mail(smtp_address(sender), options)
+        try:
+            code, reply = smtp.mail(smtp_address(sender), options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _StaleConnection(f"{type(exc).__name__}: {exc}") from exc
+        if code == 421:  # "closing the channel": an idle connection timed out on its side
+            raise _StaleConnection(f"{code} {_text(reply)}")
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, sender)
         refused: dict[str, str] = {}

@@ -2,7 +2,7 @@
 one-click unsubscribe link of campaign mails.
 
 Before SMTP, :func:`screen` drops the envelope recipients the tenant suppresses
-(one query). Unsubscribes are skipped for a transactional mail whose request
+(one query per tenant of a batch). Unsubscribes are skipped for a transactional mail whose request
 says ``bypass_unsubscribes``; hard bounces and manual entries never are. After
 SMTP, the send step (:mod:`mail_worker.deliver`) adds every recipient refused with
 a 5xx, in the transaction that records the outcome.
@@ -10,13 +10,14 @@ a 5xx, in the transaction that records the outcome.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mail_worker.compose import envelope_recipients
 from shared import unsubscribe_tokens
-from shared.db import DictPool
-from shared.store import suppressions
+from shared.store import Conn, suppressions
 from shared.store.mails import PickedMail
 from shared.streams import Stream
 from shared.unsubscribe_tokens import UnsubscribeSecretMissing
@@ -37,13 +38,22 @@ def bypasses_unsubscribes(mail: PickedMail) -> bool:
     return mail.stream is Stream.TRANSACTIONAL and mail.request.get("bypass_unsubscribes") is True
 
 
-def screen(pool: DictPool, mail: PickedMail) -> Screened:
-    """Split the mail's envelope recipients by the tenant's suppression list."""
+def screen(conn: Conn, picked: Sequence[PickedMail]) -> dict[uuid.UUID, Screened]:
+    """Split each mail's envelope recipients by its tenant's suppression list: one query
+    per tenant of the batch."""
+    by_tenant: dict[uuid.UUID, set[str]] = {}
+    for mail in picked:
+        emails = by_tenant.setdefault(mail.tenant_id, set())
+        emails.update(r.lower() for r in envelope_recipients(mail.request))
+    reasons = {
+        tenant_id: suppressions.suppression_reasons(conn, tenant_id, emails)
+        for tenant_id, emails in by_tenant.items()
+    }
+    return {mail.id: _split(mail, reasons[mail.tenant_id]) for mail in picked}
+
+
+def _split(mail: PickedMail, reasons: dict[str, str]) -> Screened:
     recipients = envelope_recipients(mail.request)
-    with pool.connection() as conn:
-        reasons = suppressions.suppression_reasons(
-            conn, mail.tenant_id, (r.lower() for r in recipients)
-        )
     if bypasses_unsubscribes(mail):
         reasons = {email: r for email, r in reasons.items() if r not in BYPASSABLE_REASONS}
     keep = [r for r in recipients if r.lower() not in reasons]

@@ -1,4 +1,4 @@
-"""The Celery tasks: thin wrappers that hand an id to the send step, the canary record or
+"""The Celery tasks: thin wrappers that hand ids to the send step, the canary record or
 the webhook post, and the per-process resources they use (one database pool, one SMTP
 connection).
 
@@ -13,7 +13,8 @@ import socket
 import uuid
 from collections.abc import Callable
 
-from mail_worker.deliver import RetryPolicy, deliver
+from mail_worker.deliver import RetryPolicy, SendOptions, deliver_many
+from mail_worker.lease import WorkerLease, ensure_lease, release_lease
 from mail_worker.smtp import SmtpClient
 from mail_worker.suppression import UnsubscribeLinks
 from mail_worker.webhooks import WebhookPostPolicy, deliver_webhook
@@ -51,21 +52,50 @@ def smtp_client(settings: Settings) -> SmtpClient:
     return _smtp
 
 
+def close_resources() -> None:
+    """Give the lease up, close the pool and the SMTP connection (tests; a worker keeps
+    them until it exits)."""
+    global _pool, _smtp
+    release_lease()
+    if _smtp is not None:
+        _smtp.close()
+    if _pool is not None:
+        _pool.close()
+    _pool, _smtp = None, None
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def send_options(settings: Settings, lease: WorkerLease) -> SendOptions:
+    return SendOptions(
+        message_id_domain=settings.message_id_domain,
+        worker=worker_name(),
+        retry=RetryPolicy(settings.send_max_attempts, settings.send_retry_base),
+        unsubscribe=UnsubscribeLinks(settings.public_url, settings.unsubscribe_secret),
+        database_retry_seconds=settings.worker_database_retry_seconds,
+        # One renewal's margin: a mail whose send starts now ends before the lease lapses.
+        lease_held=lambda: lease.held(margin=lease.interval),
+    )
+
+
+def make_send_mails(settings: Settings) -> Callable[[list[str]], list[str]]:
+    def send_mails(mail_ids: list[str]) -> list[str]:
+        """Send a batch of mails (the relay groups a round's mails of one queue)."""
+        lease = ensure_lease(database_pool(settings), worker_name(), settings.worker_lease_seconds)
+        options = send_options(settings, lease)
+        return deliver_many(database_pool(settings), smtp_client(settings), mail_ids, options)
+
+    return send_mails
+
+
 def make_send_mail(settings: Settings) -> Callable[[str], str]:
     def send_mail(mail_id: str) -> str:
-        return deliver(
-            database_pool(settings),
-            smtp_client(settings),
-            mail_id,
-            message_id_domain=settings.message_id_domain,
-            worker=worker_name(),
-            retry=RetryPolicy(settings.send_max_attempts, settings.send_retry_base),
-            unsubscribe=UnsubscribeLinks(settings.public_url, settings.unsubscribe_secret),
-        )
+        """One mail: the message an older relay publishes, consumed during an upgrade."""
+        lease = ensure_lease(database_pool(settings), worker_name(), settings.worker_lease_seconds)
+        options = send_options(settings, lease)
+        return deliver_many(database_pool(settings), smtp_client(settings), [mail_id], options)[0]
 
     return send_mail
 

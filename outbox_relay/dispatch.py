@@ -64,7 +64,7 @@ class DueRows(Protocol[Row]):
 
     def give_up(self, conn: Conn, claimed: list[Row]) -> Triage[Row]: ...
 
-    def message(self, row: Row) -> TaskMessage: ...
+    def messages(self, rows: list[Row]) -> list[TaskMessage]: ...
 
     def lease(self, conn: Conn, published: list[Row]) -> None: ...
 
@@ -100,7 +100,7 @@ def run_round(conn: Conn, publisher: Publisher, due_rows: DueRows[Row]) -> Round
         triage = due_rows.give_up(conn, claimed)
         started = time.perf_counter()
         try:
-            publisher.publish([due_rows.message(row) for row in triage.to_publish])
+            publisher.publish(due_rows.messages(triage.to_publish))
         except PublishError as exc:
             # Nothing is leased: the rows stay due. What was given up on still commits.
             return RoundResult(len(claimed), 0, given_up=triage.given_up, error=exc)
@@ -125,6 +125,7 @@ class DispatchPolicy:
     visibility_timeout: float
     max_dispatches: int = 8
     max_age: float = 86400.0
+    send_batch_size: int = 10  # mails per send_mails message
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchPolicy:
@@ -133,6 +134,7 @@ class DispatchPolicy:
             visibility_timeout=settings.relay_visibility_timeout,
             max_dispatches=settings.relay_max_dispatches,
             max_age=settings.relay_max_age,
+            send_batch_size=settings.send_batch_size,
         )
 
 
@@ -172,8 +174,18 @@ class MailOutbox:
         to_publish = [row for row in claimed if not row.expired and not row.dead_reason]
         return Triage(to_publish, {"expired": len(expired), "dead": len(dead)})
 
-    def message(self, row: ClaimedOutboxRow) -> TaskMessage:
-        return TaskMessage.send_mail(row.mail_id, row.queue)
+    def messages(self, rows: list[ClaimedOutboxRow]) -> list[TaskMessage]:
+        """A round's mails of each queue, in claim order, in messages of up to
+        send_batch_size: one pickup statement and one SMTP connection per message."""
+        by_queue: dict[str, list[uuid.UUID]] = {}
+        for row in rows:
+            by_queue.setdefault(row.queue, []).append(row.mail_id)
+        size = self.policy.send_batch_size
+        return [
+            TaskMessage.send_mails(ids[start : start + size], queue)
+            for queue, ids in by_queue.items()
+            for start in range(0, len(ids), size)
+        ]
 
     def lease(self, conn: Conn, published: list[ClaimedOutboxRow]) -> None:
         outbox_store.record_published(
@@ -235,8 +247,8 @@ class WebhookDeliveries:
         to_publish = [row for row in claimed if not row.abandon_reason]
         return Triage(to_publish, {"abandoned": len(abandoned)})
 
-    def message(self, row: ClaimedDelivery) -> TaskMessage:
-        return TaskMessage.deliver_webhook(row.id)
+    def messages(self, rows: list[ClaimedDelivery]) -> list[TaskMessage]:
+        return [TaskMessage.deliver_webhook(row.id) for row in rows]
 
     def lease(self, conn: Conn, published: list[ClaimedDelivery]) -> None:
         webhook_store.lease_webhook_deliveries(

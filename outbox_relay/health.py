@@ -33,6 +33,7 @@ from shared.pipeline_health import QueueHealth, is_healthy
 from shared.queues import (
     QUEUE_PRIORITY,
     SEND_MAIL_TASK,
+    SEND_MAILS_TASK,
     UNROUTABLE_QUEUE,
     broker_queue_name,
     broker_transport_options,
@@ -89,8 +90,7 @@ def drain_unroutable(conn: Conn, publisher: Publisher) -> int:
             break
         drained += 1
         routing_key = message.delivery_info.get("routing_key", "")
-        if message.headers.get("task") == SEND_MAIL_TASK:
-            mail_id = uuid.UUID(json.loads(message.body)[0][0])
+        for mail_id in unroutable_mail_ids(message.headers.get("task"), message.body):
             outbox_store.record_unroutable(conn, mail_id, routing_key)
         channel.basic_ack(message.delivery_info["delivery_tag"])
     if drained:
@@ -99,6 +99,15 @@ def drain_unroutable(conn: Conn, publisher: Publisher) -> int:
             extra={"count": drained},
         )
     return drained
+
+
+def unroutable_mail_ids(task: str | None, body: bytes | str) -> list[uuid.UUID]:
+    """The mails of a returned message: a batch (send_mails) or one (send_mail, older relays)."""
+    if task == SEND_MAILS_TASK:
+        return [uuid.UUID(mail_id) for mail_id in json.loads(body)[0][0]]
+    if task == SEND_MAIL_TASK:
+        return [uuid.UUID(json.loads(body)[0][0])]
+    return []
 
 
 # ----- preflight -----

@@ -42,6 +42,11 @@ ABANDONED = Counter(
     "mailroom_relay_abandoned_sends_total",
     "Mails put back in the outbox because their worker was lost while sending",
 )
+LEASE_RESCUED = Counter(
+    "mailroom_relay_lease_rescued_sends_total",
+    "Mails put back in the outbox (or dead at the attempt limit) because their worker's"
+    " lease lapsed",
+)
 # ----- status webhooks -----
 WEBHOOKS_PUBLISHED = Counter(
     "mailroom_relay_webhooks_published_total", "Webhook delivery messages published"

@@ -36,6 +36,7 @@ from shared.db import connect
 from shared.pipeline_health import pipeline_health
 from shared.queues import OUTBOX_CHANNEL, is_amqp
 from shared.store import outbox as outbox_store
+from shared.store import workers as workers_store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ STATS_INTERVAL = 5.0
 UNROUTABLE_INTERVAL = 2.0
 PRUNE_INTERVAL = 600.0
 WEBHOOK_BATCHES_PER_RUN = 5  # status webhooks: at most this many full batches per run
+LEASE_CHECKS_PER_LEASE = 4  # the lease rescue runs every quarter of a worker lease
 
 
 class Periodic:
@@ -75,10 +77,20 @@ class Relay:
         self._listener: psycopg.Connection | None = None
         self._failures = 0
         self._pauses_seen = 0
+        # The lease rescue's grace after a database outage (see _rescue_mails_of_lapsed_workers):
+        # set when a connection error drops the connection, and then the rescue waits one
+        # lease from the moment the relay reaches the database again. A relay just started
+        # cannot know whether the database was just down, so it waits one lease too.
+        self._database_lost = False
+        self._lease_rescue_resumes_at = time.monotonic() + settings.worker_lease_seconds
         self._periodic = [
             Periodic(settings.canary_interval, self._canary),
             Periodic(STATS_INTERVAL, self._stats),
             Periodic(STATS_INTERVAL, self._recover_abandoned_sends),
+            Periodic(
+                settings.worker_lease_seconds / LEASE_CHECKS_PER_LEASE,
+                self._rescue_mails_of_lapsed_workers,
+            ),
             Periodic(PRUNE_INTERVAL, self._prune),
             # status webhooks: due deliveries, as often as the relay polls
             Periodic(settings.relay_poll_interval, self._webhooks),
@@ -119,6 +131,7 @@ class Relay:
         try:
             result = dispatch_round(self._connection(), self.publisher, self.policy)
         except psycopg.Error as exc:
+            self._note_database_error(exc)
             self._note_failure("database error; retrying", exc)
             self._drop_connection()
             return False
@@ -157,6 +170,8 @@ class Relay:
                 job.maybe_run()
             except (psycopg.Error, PublishError, OSError) as exc:
                 log.warning("periodic job failed", extra={"error": str(exc)})
+                if isinstance(exc, psycopg.Error):
+                    self._note_database_error(exc)
                 self._drop_connection()
 
     def _canary(self) -> None:
@@ -188,6 +203,40 @@ class Relay:
             log.error(
                 "mails whose worker was lost go back to the outbox", extra={"count": recovered}
             )
+
+    def _rescue_mails_of_lapsed_workers(self) -> None:
+        """Mails in 'sending' whose worker's lease lapsed go back to the outbox, due now
+        (or 'dead' at the attempt limit): their worker died, and they are sent again
+        within seconds instead of after the sending timeout.
+
+        Not right after a database outage. While the database is unreachable no worker
+        can renew its lease, so when it comes back every lease has lapsed although the
+        workers are alive, some in the middle of a send, and each will renew within a
+        quarter of a lease. Rescuing their mails then would send them twice. So a relay
+        that lost its connection to the database waits one full lease from the moment it
+        reaches the database again before it rescues anything: by then every live worker
+        has renewed (four tries), and only the dead ones' leases are still lapsed. (One
+        lease from the relay's last error would not do: a relay backing off for ten
+        seconds can fail last long before the database returns.)
+        """
+        conn = self._connection()  # a reconnection after an outage starts the grace
+        if time.monotonic() < self._lease_rescue_resumes_at:
+            return
+        rescue = workers_store.rescue_mails_of_lapsed_workers(
+            conn, max_attempts=self.settings.send_max_attempts
+        )
+        if rescue.mails:
+            metrics.LEASE_RESCUED.inc(len(rescue.mails))
+            log.error(
+                "mails of a worker whose lease lapsed go back to the outbox",
+                extra={
+                    "count": len(rescue.mails),
+                    "dead": sum(m.status == "dead" for m in rescue.mails),
+                    "workers": sorted({m.worker for m in rescue.mails}),
+                },
+            )
+        if rescue.forgotten_leases:
+            log.info("lapsed worker leases removed", extra={"workers": rescue.forgotten_leases})
 
     def _stats(self) -> None:
         stats = outbox_store.outbox_stats(self._connection())
@@ -239,7 +288,17 @@ class Relay:
             self._conn = connect(
                 self.settings.database_url, timeout=self.settings.db_connect_timeout
             )
+            if self._database_lost:  # back after an outage: live workers renew first
+                self._database_lost = False
+                self._lease_rescue_resumes_at = (
+                    time.monotonic() + self.settings.worker_lease_seconds
+                )
         return self._conn
+
+    def _note_database_error(self, exc: psycopg.Error) -> None:
+        """A connection error (not a failed statement) holds the lease rescue back."""
+        if isinstance(exc, psycopg.OperationalError):
+            self._database_lost = True
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -261,8 +320,16 @@ class Relay:
                 notified = listener.notifies(
                     timeout=min(remaining, STOP_CHECK_SECONDS), stop_after=1
                 )
-                if any(True for _ in notified):
-                    return
+                try:
+                    if any(True for _ in notified):
+                        return
+                finally:
+                    # Stopped at its first yield, the generator still holds the
+                    # connection's lock; left to the garbage collector (a frame that
+                    # outlived this call keeps it, e.g. after a log line in _listen) the
+                    # next notifies() waits on that lock for ever: after a database
+                    # blip the relay hung with mail due.
+                    notified.close()
             except psycopg.Error as exc:
                 log.warning("listener lost; polling", extra={"error": str(exc)})
                 self._listener = None

@@ -183,6 +183,8 @@ class Settings:
     db_pool_size: PositiveInt = 8
     db_connect_timeout: PositiveFloat = 3.0
     relay_batch_size: PositiveInt = 200
+    # Mails per send_mails message: a worker picks a message's mails up in one statement.
+    send_batch_size: Annotated[PositiveInt, Field(le=500)] = 10
     relay_poll_interval: PositiveFloat = 1.0
     relay_visibility_timeout: PositiveFloat = 60.0
     relay_publish_timeout: PositiveFloat = 5.0
@@ -194,6 +196,11 @@ class Settings:
     sending_timeout: PositiveFloat = 300.0
     send_max_attempts: PositiveInt = 6
     send_retry_base: PositiveFloat = 30.0
+    # How long the worker retries a pickup or an outcome's record through a database blip.
+    worker_database_retry_seconds: PositiveFloat = 30.0
+    # Each worker process renews a lease in PostgreSQL every quarter of this; the relay
+    # puts back the mails in 'sending' of a worker whose lease lapsed (mail_worker/lease.py).
+    worker_lease_seconds: PositiveFloat = 10.0
     queue_prefix: Annotated[str, AfterValidator(_queue_prefix)] = ""
     smtp_timeout: PositiveFloat = 30.0
     # A PEM CA bundle that verifies the SMTP server's certificate instead of the system's.

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
@@ -10,6 +15,10 @@ from shared.config import Settings
 
 # Pools hand out autocommit connections whose rows are dicts.
 DictPool = ConnectionPool[psycopg.Connection[DictRow]]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s between tries
 
 
 def connect(url: str, *, autocommit: bool = True, timeout: float = 3.0) -> psycopg.Connection:
@@ -40,3 +49,38 @@ def create_pool(settings: Settings, *, name: str, max_size: int | None = None) -
     )
     pool.open(wait=False)
     return pool
+
+
+def with_fresh_connection_retries(
+    pool: DictPool,
+    work: Callable[[psycopg.Connection[DictRow]], T],
+    *,
+    within: float,
+    what: str,
+) -> T:
+    """Run *work* on a pooled connection; if the connection fails (a database blip, or a
+    pooled connection the blip broke), run it again on another one until *within* seconds
+    have passed, then raise the last error.
+
+    Why: after a blip every idle pooled connection is dead, and giving up at the first
+    failure leaves the mail to a much slower path (the relay's redispatch or the lease).
+    The pool discards a broken connection when it is returned, so each try gets a new one.
+    *work* must be safe to run twice: its transaction either committed or it did not, and
+    the guarded UPDATEs of the store do nothing the second time.
+    """
+    deadline = time.monotonic() + within
+    tries = 0
+    while True:
+        try:
+            with pool.connection() as conn:
+                return work(conn)
+        except psycopg.OperationalError as exc:
+            pause = RETRY_PAUSES[tries] if tries < len(RETRY_PAUSES) else 1.0
+            tries += 1
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning(
+                "database unreachable; retrying on a fresh connection",
+                extra={"what": what, "try": tries, "error": str(exc).splitlines()[0][:200]},
+            )
+            time.sleep(pause)

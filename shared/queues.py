@@ -12,6 +12,9 @@ from kombu import Exchange, Queue
 
 from shared.streams import PUBLISH_ORDER, Stream
 
+# A batch of mail ids of one queue; the relay publishes these.
+SEND_MAILS_TASK = "mailroom.send_mails"
+# One mail id: what relays published before batches; workers still consume it.
 SEND_MAIL_TASK = "mailroom.send_mail"
 CANARY_TASK = "mailroom.canary"
 DELIVER_WEBHOOK_TASK = "mailroom.deliver_webhook"  # status webhooks
@@ -87,4 +90,8 @@ def broker_transport_options(broker_url: str, key_prefix: str) -> dict[str, obje
     # Redis restores unacked messages after this many seconds; it must exceed the
     # longest task, or a slow send would be delivered to a second worker.
     options["visibility_timeout"] = 3600
+    # A worker consuming several queues asks them in the order it was given (WORKER_QUEUES:
+    # transactional first) instead of kombu's round robin, so a campaign burst in the
+    # queue delays a password reset by at most the batch a process is sending.
+    options["queue_order_strategy"] = "priority"
     return options

@@ -40,8 +40,9 @@ class MailStatus(StrEnum):
     or a mail that cannot be built safely (→ failed), every recipient suppressed
     (→ suppressed), a transient failure (→ retrying, or → dead at the attempt
     limit, or → expired if the next attempt would come too late). If that worker
-    is lost, the relay's recovery does it after the sending timeout (→ retrying,
-    or → dead at the attempt limit). The client can no longer cancel it."""
+    is lost, the relay does it: within seconds once the worker's lease has lapsed,
+    else after the sending timeout (→ retrying, or → dead at the attempt limit).
+    The client can no longer cancel it."""
 
     SENT = "sent"
     """The SMTP server accepted it. Final for the pipeline; only an operator's

@@ -15,16 +15,16 @@ from pathlib import Path
 from outbox_relay.publish import Publisher, TaskMessage
 from outbox_relay.relay import Relay
 from shared.cli_support import settings_or_exit
-from shared.queues import SEND_MAIL_TASK
+from shared.queues import SEND_MAILS_TASK
 
 _real_publish = Publisher.publish
 
 
 def publish_then_hang(self: Publisher, messages: Sequence[TaskMessage]) -> None:
     _real_publish(self, messages)
-    if not any(m.task == SEND_MAIL_TASK for m in messages):
+    if not any(m.task == SEND_MAILS_TASK for m in messages):
         return
-    Path(os.environ["FAULT_MARKER"]).write_text(str(messages[0].object_id))
+    Path(os.environ["FAULT_MARKER"]).write_text(str(messages[0].object_ids[0]))
     while True:  # inside the open claim transaction, until SIGKILL
         time.sleep(1)
 

@@ -34,9 +34,9 @@ MAIL = {
 
 
 def mail_messages(broker: redis.Redis, queue_key: str) -> int:
-    """send_mail messages waiting in a Redis queue (canaries travel there too)."""
+    """send_mails messages waiting in a Redis queue (canaries travel there too)."""
     entries = broker.lrange(queue_key, 0, -1)
-    return sum(json.loads(entry)["headers"]["task"] == "mailroom.send_mail" for entry in entries)
+    return sum(json.loads(entry)["headers"]["task"] == "mailroom.send_mails" for entry in entries)
 
 
 def test_mail_posted_to_the_api_arrives_at_the_smtp_server(

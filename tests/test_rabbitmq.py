@@ -48,8 +48,8 @@ def test_mail_is_published_persistent_into_the_durable_queue(
     message = worker_queues.default_channel.basic_get(queue="transactional", no_ack=True)
     assert message is not None
     assert message.properties["delivery_mode"] == 2
-    assert message.headers["task"] == "mailroom.send_mail"
-    assert json.loads(message.body)[0] == [str(mail_id)]
+    assert message.headers["task"] == "mailroom.send_mails"
+    assert json.loads(message.body)[0] == [[str(mail_id)]]
     options = broker_transport_options(amqp_settings.broker_url, "")
     assert options == {"confirm_publish": True}
 

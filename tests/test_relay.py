@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -14,7 +13,7 @@ from outbox_relay.publish import Publisher
 from shared.config import Settings
 from shared.db import connect
 from shared.queries import QUERIES
-from shared.queues import SEND_MAIL_TASK
+from shared.queues import SEND_MAILS_TASK
 from shared.store.outbox import Pauses
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
@@ -43,9 +42,10 @@ def test_round_publishes_celery_messages_and_records_them(
     assert (result.claimed, result.published, result.error) == (3, 3, None)
 
     messages = drain_queue(settings)
-    assert sorted(body[0][0] for _, body in messages) == sorted(map(str, mail_ids))
+    assert len(messages) == 1, "one round's mails of one queue travel in one batch"
     headers, body = messages[0]
-    assert headers["task"] == SEND_MAIL_TASK
+    assert sorted(body[0][0]) == sorted(map(str, mail_ids))
+    assert headers["task"] == SEND_MAILS_TASK
     assert headers["id"] == headers["root_id"]
     assert body[1] == {} and set(body[2]) == {"callbacks", "errbacks", "chain", "chord"}
 
@@ -178,7 +178,7 @@ def test_relay_loop_publishes_on_notify_and_stops_on_request(
         relay.stopping.set()
         thread.join(40)
     assert not thread.is_alive()
-    assert uuid.UUID(drain_queue(settings)[0][1][0][0]) == mail_id
+    assert drain_queue(settings)[0][1][0][0] == [str(mail_id)]
 
 
 def test_a_campaign_burst_does_not_delay_transactional_mail(
@@ -190,5 +190,19 @@ def test_a_campaign_burst_does_not_delay_transactional_mail(
     assert result.published == 10
     assert status_of(db, urgent) == "queued"
     assert sum(status_of(db, mail_id) == "queued" for mail_id in campaign) == 9
-    assert [body[0][0] for _, body in drain_queue(settings)] == [str(urgent)]
-    assert len(drain_queue(settings, "campaign")) == 9
+    assert [body[0][0] for _, body in drain_queue(settings)] == [[str(urgent)]]
+    assert sum(len(body[0][0]) for _, body in drain_queue(settings, "campaign")) == 9
+
+
+def test_a_round_sends_each_queue_in_batches_of_the_send_batch_size(
+    db: psycopg.Connection, tenant: TenantKey, publisher: Publisher, settings: Settings
+) -> None:
+    urgent = [insert_mail(db, tenant.tenant_id) for _ in range(3)]
+    campaign = [insert_mail(db, tenant.tenant_id, stream="campaign") for _ in range(25)]
+    policy = DispatchPolicy(100, 60.0, send_batch_size=10)
+    assert dispatch_round(db, publisher, policy).published == 28
+    transactional = [body[0][0] for _, body in drain_queue(settings)]
+    assert transactional == [[str(mail_id) for mail_id in urgent]]
+    batches = [body[0][0] for _, body in drain_queue(settings, "campaign")]
+    assert [len(batch) for batch in batches] == [10, 10, 5]
+    assert sorted(mail_id for batch in batches for mail_id in batch) == sorted(map(str, campaign))

@@ -121,7 +121,7 @@ WORKER = "test-worker"
 
 def begin_sending(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:
     with conn.transaction():
-        assert mails.begin_sending(conn, mail_id, WORKER) is not None
+        assert [m.id for m in mails.begin_sending(conn, [mail_id], WORKER)] == [mail_id]
 
 
 def begin_sending_too_late(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:
@@ -130,20 +130,31 @@ def begin_sending_too_late(conn: psycopg.Connection, _: TenantKey, mail_id: uuid
         "UPDATE mails SET expires_at = now() - interval '1 second' WHERE id = %s", (mail_id,)
     )
     with conn.transaction():
-        assert mails.begin_sending(conn, mail_id, WORKER) is None
+        assert mails.begin_sending(conn, [mail_id], WORKER) == []
+
+
+def held(conn: psycopg.Connection, mail_id: uuid.UUID) -> mails.PickedMail:
+    """The mail as the worker that picked it up holds it (its attempt included)."""
+    row = conn.execute(
+        "SELECT id, tenant_id, stream, request, attempts, expires_at FROM mails WHERE id = %s",
+        (mail_id,),
+    ).fetchone()
+    assert row is not None
+    return mails.PickedMail(*row)
 
 
 def finish_sending(status: MailStatus) -> Move:
     def finish(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:
         with conn.transaction():
-            mails.finish_sending(conn, mail_id, status, {"by": "test"}, None)
+            assert mails.finish_sending(conn, held(conn, mail_id), status, {"by": "test"}, None)
 
     return finish
 
 
 def schedule_retry(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:
     with conn.transaction():
-        mails.schedule_retry(conn, mail_id, "451 try later", 30.0, {"error": "451 try later"})
+        mail = held(conn, mail_id)
+        assert mails.schedule_retry(conn, mail, "451 try later", 30.0, {"error": "451"})
 
 
 def publish(conn: psycopg.Connection, _: TenantKey, mail_id: uuid.UUID) -> None:

@@ -26,7 +26,13 @@ from ingest_api.new_mails import stored_request as stored_request_of
 from ingest_api.schemas.fields import MAX_DISPLAY_NAME_LENGTH
 from ingest_api.schemas.mail import MAX_ATTACHMENT_BYTES, MAX_RECIPIENTS, SendMailSchema
 from mail_worker import deliver as deliver_module
-from mail_worker.compose import ComposeError, compose, message_id, unsafe_character
+from mail_worker.compose import (
+    BOUNDARY,
+    ComposeError,
+    compose,
+    message_id,
+    unsafe_character,
+)
 from mail_worker.deliver import RetryPolicy, deliver
 from mail_worker.smtp import SmtpClient
 from mail_worker.suppression import UnsubscribeLinks
@@ -485,3 +491,41 @@ def test_end_user_text_in_cdp_traits_and_trigger_data_reaches_the_wire_as_text(
         assert parsed["To"].addresses[0].display_name == name
         assert str(parsed["Subject"]) == f"Welcome {first_name}"
         assert parsed.get_content().rstrip() == f"Hi {first_name}"
+
+
+_body_lines = st.lists(
+    st.one_of(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=120),
+        st.sampled_from(["--=_mailroom_", ".", "..", "From me", "=", "=3D", " ", "\t", "x" * 1200]),
+    ),
+    max_size=12,
+)
+_bodies = st.one_of(
+    st.none(),
+    st.tuples(_body_lines, st.sampled_from(["\n", "\r\n", "\r"])).map(lambda t: t[1].join(t[0])),
+)
+
+
+@PROPERTY
+@given(text=_bodies, html=_bodies)
+def test_every_text_and_html_body_parses_back_to_exactly_what_was_accepted(
+    text: str | None, html: str | None
+) -> None:
+    """The body writer of mail without attachments (mail_worker.compose._text_body): any
+    text, line ends, long lines, boundary look-alikes; the wire check reads it back."""
+    request = stored_request(text=text, html=html)
+    mail_id = uuid.uuid4()
+    raw = compose(mail_id, request, DOMAIN)
+    check_wire(raw, request, message_id=message_id(mail_id, DOMAIN))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+def test_a_boundary_found_in_a_part_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mail_worker.compose.secrets.token_hex", lambda _: "1" * 24)
+    request = stored_request(text=f"a\n--{BOUNDARY.decode()}\nb", html="<p>x</p>")
+    mail_id = uuid.uuid4()
+    raw = compose(mail_id, request, DOMAIN)
+    assert f'boundary="=_mailroom_{"1" * 24}"'.encode() in raw
+    check_wire(raw, request, message_id=message_id(mail_id, DOMAIN))
+    plain = compose(mail_id, stored_request(text="a", html="<p>x</p>"), DOMAIN)
+    assert b'boundary="' + BOUNDARY + b'"' in plain, "the usual one otherwise"

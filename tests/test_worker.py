@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from email import message_from_bytes, policy
+from typing import Any
 
 import psycopg
+import pytest
 from aiosmtpd.controller import Controller
 from psycopg_pool import ConnectionPool
 
+from mail_worker import tasks
 from mail_worker.compose import compose, envelope_recipients
-from mail_worker.deliver import deliver
+from mail_worker.deliver import SendOptions, deliver, deliver_many
 from mail_worker.smtp import SmtpClient
-from shared.config import parse_smtp_url
+from outbox_relay.health import unroutable_mail_ids
+from shared.config import Settings, parse_smtp_url
 from shared.devstack.smtp_sink import SmtpSink
+from shared.states import MailStatus
+from shared.store import mails
 from tests.conftest import TenantKey
-from tests.factories import event_kinds, insert_mail, status_of, stored_request
+from tests.factories import (
+    event_kinds,
+    insert_mail,
+    state_machine_off,
+    status_of,
+    stored_request,
+)
 from tests.services import free_port
 
 DOMAIN = "mail.test"
@@ -100,24 +114,32 @@ def test_a_second_delivery_of_the_same_task_sends_nothing(
     assert event_kinds(db, mail_id) == ["accepted", "sending", "sent"]
 
 
+class SessionCounter:
+    """An aiosmtpd handler counting sessions (EHLO), transactions and RSETs."""
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.messages: list[bytes] = []
+        self.rsets = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RSET(self, server, session, envelope):
+        self.rsets += 1
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(bytes(envelope.original_content or envelope.content))
+        return "250 OK"
+
+
 def test_connection_is_reused_across_mails(
     db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
 ) -> None:
-    class CountingHandler:
-        def __init__(self) -> None:
-            self.sessions = 0
-            self.messages = 0
-
-        async def handle_EHLO(self, server, session, envelope, hostname, responses):
-            self.sessions += 1
-            session.host_name = hostname
-            return responses
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages += 1
-            return "250 OK"
-
-    handler = CountingHandler()
+    handler = SessionCounter()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{controller.port}"), timeout=5)
@@ -127,7 +149,7 @@ def test_connection_is_reused_across_mails(
     finally:
         client.close()
         controller.stop()
-    assert (handler.sessions, handler.messages) == (1, 3)
+    assert (handler.sessions, len(handler.messages)) == (1, 3)
 
 
 def test_refused_recipients_make_the_mail_failed_with_the_reason(
@@ -264,3 +286,168 @@ def test_a_permanent_refusal_is_failed_at_once(
     mail_id = insert_mail(db, tenant.tenant_id)
     assert run_against("550 5.1.1 unknown user", pool, mail_id) == "failed"
     assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def test_a_batch_is_picked_up_at_once_and_sent_mail_by_mail_on_one_connection(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    handler = SessionCounter()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{controller.port}"), timeout=5)
+    mail_ids = [insert_mail(db, tenant.tenant_id) for _ in range(4)]
+    done = insert_mail(db, tenant.tenant_id)
+    assert run(pool, client, done) == "sent"
+    batch = [str(done), *map(str, mail_ids), str(mail_ids[0])]  # a repeat and a finished one
+    try:
+        outcomes = deliver_many(pool, client, batch, SendOptions(DOMAIN, "test"))
+    finally:
+        client.close()
+        controller.stop()
+    assert outcomes == ["duplicate", "sent", "sent", "sent", "sent", "duplicate"]
+    assert (handler.sessions, len(handler.messages)) == (1, 5)
+    assert handler.rsets == 0, "no RSET between mails that went through"
+    order = [message_from_bytes(m)["Message-ID"] for m in handler.messages[1:]]
+    assert order == [f"<{mail_id}@{DOMAIN}>" for mail_id in mail_ids], "in the batch's order"
+    for mail_id in mail_ids:
+        assert event_kinds(db, mail_id) == ["accepted", "sending", "sent"]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool
+) -> None:
+    handler = SessionCounter()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{port}"), timeout=5)
+    try:
+        assert run(pool, client, insert_mail(db, tenant.tenant_id)) == "sent"
+        controller.stop()  # closes the idle connection the client holds
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        mail_id = insert_mail(db, tenant.tenant_id)
+        assert run(pool, client, mail_id) == "sent"
+    finally:
+        client.close()
+        controller.stop()
+    assert (handler.sessions, len(handler.messages)) == (2, 2)
+    assert event_kinds(db, mail_id) == ["accepted", "sending", "sent"]
+
+
+def test_an_outcome_recorded_after_the_mail_was_taken_back_changes_nothing(
+    db: psycopg.Connection, tenant: TenantKey
+) -> None:
+    """A worker presumed lost (its lease lapsed) whose mail was picked up again must not
+    overwrite the new attempt with its late outcome."""
+    mail_id = insert_mail(db, tenant.tenant_id)
+    with db.transaction():
+        (first,) = mails.begin_sending(db, [mail_id], "worker-a")
+    with state_machine_off(db):  # what the relay's rescue does, then a second pickup
+        db.execute("UPDATE mails SET status = 'retrying' WHERE id = %s", (mail_id,))
+    with db.transaction():
+        (second,) = mails.begin_sending(db, [mail_id], "worker-b")
+    assert (first.attempts, second.attempts) == (1, 2)
+    with db.transaction():
+        assert not mails.finish_sending(db, first, MailStatus.SENT, {"late": True}, None)
+        assert not mails.schedule_retry(db, first, "451", 30.0, {"late": True})
+    assert status_of(db, mail_id) == "sending"
+    with db.transaction():
+        assert mails.finish_sending(db, second, MailStatus.SENT, {}, None)
+    assert status_of(db, mail_id) == "sent"
+
+
+def test_the_next_mail_goes_out_only_after_the_previous_sent_is_committed(
+    db: psycopg.Connection,
+    tenant: TenantKey,
+    pool: ConnectionPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record of ``sent`` overlaps the next mail's composing, never its SMTP: at each
+    DATA the server sees, every earlier mail of the batch is already ``sent``."""
+    mail_ids = [insert_mail(db, tenant.tenant_id) for _ in range(3)]
+    real_finish = mails.finish_sending
+
+    def slow_finish(*args: Any, **kwargs: Any) -> bool:
+        time.sleep(0.3)  # a slow commit: the next mail is composed meanwhile
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(mails, "finish_sending", slow_finish)
+    seen: list[list[str]] = []
+    watcher = psycopg.connect(db.info.dsn, autocommit=True)
+
+    class StatusAtData:
+        async def handle_DATA(self, server, session, envelope):
+            rows = watcher.execute(
+                "SELECT status FROM mails WHERE id = ANY(%s) ORDER BY array_position(%s, id)",
+                (mail_ids, mail_ids),
+            ).fetchall()
+            seen.append([status for (status,) in rows])
+            return "250 OK"
+
+    controller = Controller(StatusAtData(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    client = SmtpClient(parse_smtp_url(f"smtp://127.0.0.1:{controller.port}"), timeout=5)
+    try:
+        outcomes = deliver_many(pool, client, [str(m) for m in mail_ids], SendOptions(DOMAIN, "t"))
+    finally:
+        client.close()
+        controller.stop()
+        watcher.close()
+    assert outcomes == ["sent"] * 3
+    assert seen == [
+        ["sending", "sending", "sending"],
+        ["sent", "sending", "sending"],
+        ["sent", "sent", "sending"],
+    ]
+    assert [status_of(db, mail_id) for mail_id in mail_ids] == ["sent"] * 3
+
+
+def test_the_send_mail_message_of_an_older_relay_is_still_sent(
+    db: psycopg.Connection, tenant: TenantKey, settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    """During a rolling upgrade the queue still holds ``send_mail(id)`` messages."""
+    first, second, third = (insert_mail(db, tenant.tenant_id) for _ in range(3))
+    try:
+        assert tasks.make_send_mail(settings)(str(first)) == "sent"
+        batch = tasks.make_send_mails(settings)([str(second), str(third)])
+        assert batch == ["sent", "sent"]
+    finally:
+        tasks.close_resources()
+    assert len(smtp_sink.wait_for(3, timeout=5)) == 3
+    assert {status_of(db, m) for m in (first, second, third)} == {"sent"}
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "expected"),
+    [
+        ("mailroom.send_mails", [["00000000-0000-0000-0000-000000000001", "0" * 31 + "2"]], 2),
+        ("mailroom.send_mail", ["00000000-0000-0000-0000-000000000003"], 1),
+        ("mailroom.canary", ["00000000-0000-0000-0000-000000000004"], 0),
+    ],
+)
+def test_a_returned_message_names_its_mails_in_either_format(
+    task: str, args: list[Any], expected: int
+) -> None:
+    body = json.dumps([args, {}, {}])
+    assert len(unroutable_mail_ids(task, body)) == expected
+
+
+def test_a_worker_whose_lease_may_have_lapsed_sends_nothing_more(
+    db: psycopg.Connection, tenant: TenantKey, pool: ConnectionPool, smtp_sink: SmtpSink
+) -> None:
+    """Cut off from the database for most of a lease, the process may have lost its mails
+    to the relay's rescue: it puts them back as retrying instead of sending them."""
+    mail_ids = [insert_mail(db, tenant.tenant_id) for _ in range(2)]
+    client = SmtpClient(parse_smtp_url(smtp_sink.url), timeout=5)
+    options = SendOptions(DOMAIN, "test", lease_held=lambda: False)
+    try:
+        outcomes = deliver_many(pool, client, [str(m) for m in mail_ids], options)
+    finally:
+        client.close()
+    assert outcomes == ["retrying", "retrying"]
+    assert smtp_sink.wait_for(1, timeout=1) == []
+    for mail_id in mail_ids:
+        assert status_of(db, mail_id) == "retrying"
+        row = db.execute("SELECT last_error FROM mails WHERE id = %s", (mail_id,)).fetchone()
+        assert row is not None and "lease may have lapsed" in row[0]

@@ -136,11 +136,15 @@ def record_outcome(
 ) -> None:
     """Record a send's outcome with the worker's own query (the mail must be 'sending')."""
     with state_machine_off(db):
-        db.execute("UPDATE mails SET status = 'sending' WHERE id = %s", (mail_id,))
+        row = db.execute(
+            "UPDATE mails SET status = 'sending' WHERE id = %s RETURNING attempts", (mail_id,)
+        ).fetchone()
+    assert row is not None
     db.execute(
         QUERIES["finish_sending"],
         {
             "mail_id": mail_id,
+            "attempt": row[0],
             "status": status,
             "last_error": None,
             "detail": Jsonb(detail or {"smtp_reply": "250 OK"}),

@@ -189,27 +189,39 @@ SELECT mail_id,
        jsonb_build_object('dispatch', dispatch_count, 'next_check', available_at)
 FROM leased WHERE mail_id NOT IN (SELECT id FROM queued);
 
+-- name: lock_outbox_rows
+-- Wait for a relay still committing these mails' publish (lock order: outbox, then mails;
+-- rows in id order, so two workers given overlapping batches cannot deadlock).
+SELECT id FROM outbox WHERE mail_id = ANY(%(mail_ids)s::uuid[]) ORDER BY id FOR UPDATE;
+
 -- name: begin_sending
--- The compare-and-set that makes a duplicate delivery a no-op. When it wins it
--- also deletes the outbox row (the relay's end-to-end acknowledgement) and
--- records the 'sending' event (the mails_transitions trigger); when it loses it changes nothing.
+-- The pickup: the compare-and-set that makes a duplicate delivery a no-op, for a batch
+-- of mails in one statement. For each mail it wins it also deletes the outbox row (the
+-- relay's end-to-end acknowledgement); the mails_transitions trigger records each
+-- 'sending' event. A mail it loses (already picked up, finished, or past expires_at)
+-- is left as it was.
 WITH picked AS (
     UPDATE mails
     SET status = 'sending', attempts = attempts + 1, updated_at = now(),
         status_detail = jsonb_build_object('attempt', attempts + 1, 'worker', %(worker)s::text)
-    WHERE id = %(mail_id)s AND status = ANY(mailroom_may_become('sending'))
+    WHERE id = ANY(%(mail_ids)s::uuid[]) AND status = ANY(mailroom_may_become('sending'))
       AND (expires_at IS NULL OR expires_at > now())
     RETURNING id, tenant_id, stream, request, attempts, expires_at
 ), acknowledged AS (
-    DELETE FROM outbox WHERE mail_id IN (SELECT id FROM picked)
+    -- The array lets the planner use the mail_id index (a CTE's row count is a guess:
+    -- without it, every pickup scanned the whole outbox).
+    DELETE FROM outbox
+    WHERE mail_id = ANY(%(mail_ids)s::uuid[]) AND mail_id IN (SELECT id FROM picked)
 )
 SELECT id, tenant_id, stream, request, attempts, expires_at FROM picked;
 
 -- name: finish_sending
 -- The outcome of a send attempt (its event comes from the mails_transitions trigger).
+-- Only the pickup that made this attempt may record it: if the mail was taken back from
+-- a worker presumed lost and picked up again, the late outcome changes nothing.
 UPDATE mails
 SET status = %(status)s, last_error = %(last_error)s, status_detail = %(detail)s, updated_at = now()
-WHERE id = %(mail_id)s AND status = 'sending'
+WHERE id = %(mail_id)s AND status = 'sending' AND attempts = %(attempt)s
   AND status = ANY(mailroom_may_become(%(status)s));
 
 -- name: schedule_retry
@@ -217,7 +229,7 @@ WHERE id = %(mail_id)s AND status = 'sending'
 WITH retrying AS (
     UPDATE mails SET status = 'retrying', last_error = %(last_error)s,
                      status_detail = %(detail)s, updated_at = now()
-    WHERE id = %(mail_id)s AND status = 'sending'
+    WHERE id = %(mail_id)s AND status = 'sending' AND attempts = %(attempt)s
       AND status = ANY(mailroom_may_become('retrying'))
     RETURNING id, stream
 )
@@ -232,10 +244,6 @@ SELECT version FROM schema_migrations ORDER BY version;
 -- name: record_migration
 -- Remember that a migration ran.
 INSERT INTO schema_migrations (version) VALUES (%(version)s);
-
--- name: lock_outbox_row
--- Wait for a relay that is still committing this mail's publish (lock order: outbox, then mails).
-SELECT id FROM outbox WHERE mail_id = %(mail_id)s FOR UPDATE;
 
 -- ===== auth and rate limits =====
 
@@ -611,3 +619,58 @@ SET status = CASE WHEN created_at <= now() - make_interval(secs => %(retry_secon
     last_status_code = %(status_code)s, last_error = %(error)s
 WHERE id = %(id)s AND status = 'pending' AND attempts = %(attempt)s
 RETURNING status, available_at;
+
+-- ===== worker leases =====
+
+-- name: renew_worker_lease
+-- A worker process's heartbeat: its lease holds until now + ttl (taken on the first call).
+INSERT INTO worker_leases (worker, renewed_at, expires_at)
+VALUES (%(worker)s, now(), now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (worker) DO UPDATE
+SET renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at;
+
+-- name: release_worker_lease
+-- A worker process that stops cleanly gives its lease up.
+DELETE FROM worker_leases WHERE worker = %(worker)s;
+
+-- name: rescue_mails_of_lapsed_workers
+-- Mails in 'sending' whose worker's lease has lapsed: that worker is gone, so each goes
+-- back to the outbox due now (not after a backoff: a lost worker is not the mail's
+-- fault, and the point is to send it within seconds), or becomes 'dead' at the attempt
+-- limit (the pickup counted the attempt), like recover_abandoned_sends. A mail whose
+-- worker holds no lease row at all is not touched: it is the sending timeout's.
+WITH lapsed AS (
+    SELECT worker FROM worker_leases WHERE expires_at < now()
+), rescued AS (
+    UPDATE mails
+    SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'dead' ELSE 'retrying' END,
+        updated_at = now(),
+        last_error = CASE WHEN attempts >= %(max_attempts)s
+            THEN 'gave up after ' || attempts || ' attempts: worker lease lapsed ('
+                 || lapsed.worker || ' was lost while sending)'
+            ELSE 'worker lease lapsed: ' || lapsed.worker || ' was lost while sending'
+        END,
+        status_detail = jsonb_build_object('reason', 'worker lease lapsed',
+                                           'worker', lapsed.worker, 'attempt', attempts)
+    FROM lapsed
+    WHERE mails.status = 'sending'
+      AND mails.status_detail->>'worker' = lapsed.worker
+      AND mails.status = ANY(mailroom_may_become(
+          CASE WHEN attempts >= %(max_attempts)s THEN 'dead' ELSE 'retrying' END))
+    RETURNING mails.id, mails.stream, mails.status, lapsed.worker
+), requeued AS (
+    -- A stream's queue has the stream's name (shared.streams.Stream.queue).
+    INSERT INTO outbox (mail_id, queue, available_at)
+    SELECT id, stream, now() FROM rescued WHERE status = 'retrying'
+    ON CONFLICT (mail_id) DO NOTHING
+)
+SELECT id AS mail_id, status, worker FROM rescued ORDER BY worker, id;
+
+-- name: forget_lapsed_worker_leases
+-- Lapsed leases whose worker holds no mail in 'sending' any more (run after the rescue,
+-- as its own statement, so that it sees the rescue's changes): workers gone while idle.
+DELETE FROM worker_leases l
+WHERE l.expires_at < now()
+  AND NOT EXISTS (SELECT 1 FROM mails m
+                  WHERE m.status = 'sending' AND m.status_detail->>'worker' = l.worker)
+RETURNING l.worker;

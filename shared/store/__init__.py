@@ -14,7 +14,9 @@ never HTTP ones: translating them into problem+json is the API's job.
 - :mod:`shared.store.tenants`: tenants, sender domains and API keys;
 - :mod:`shared.store.campaigns`: campaigns, CDP workflows and CDP events;
 - :mod:`shared.store.suppressions`: the suppression list;
-- :mod:`shared.store.webhooks`: status webhook registrations and deliveries.
+- :mod:`shared.store.webhooks`: status webhook registrations and deliveries;
+- :mod:`shared.store.workers`: the worker processes' leases and the rescue of the
+  mails of a worker whose lease lapsed.
 
 Modelled on procrastinate's ``manager.py`` and pgqueuer's ``Queries``.
 """

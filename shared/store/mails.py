@@ -252,23 +252,27 @@ class PickedMail:
         object.__setattr__(self, "stream", Stream(self.stream))  # the row holds text
 
 
-def begin_sending(conn: Conn, mail_id: uuid.UUID, worker: str) -> PickedMail | None:
-    """Move the mail to 'sending' and delete its outbox row (the relay's end-to-end
-    acknowledgement); the compare-and-set that lets exactly one delivery of a task send.
+def begin_sending(conn: Conn, mail_ids: Sequence[uuid.UUID], worker: str) -> list[PickedMail]:
+    """The pickup of a batch: move each mail to 'sending' and delete its outbox row (the
+    relay's end-to-end acknowledgement); the compare-and-set that lets exactly one
+    delivery of a task send. Returns the mails won, in the order of *mail_ids*.
 
-    None if another delivery won, or if the mail is past ``expires_at`` (it then becomes
-    'expired': never sent late). Run it in a transaction, in pipeline mode if the round
-    trips matter: the lock, the compare-and-set and the commit then travel together.
+    A mail not returned was picked up by another delivery, is finished, or is past
+    ``expires_at`` (it then becomes 'expired': never sent late). Run it in a transaction,
+    in pipeline mode if the round trips matter: the locks, the compare-and-set and the
+    commit then travel together.
     """
-    # Waits for a relay still committing this mail's publish (lock order: outbox, mails).
-    conn.execute(QUERIES["lock_outbox_row"], {"mail_id": mail_id})
+    ids = list(mail_ids)
+    # Waits for a relay still committing these mails' publish (lock order: outbox, mails).
+    conn.execute(QUERIES["lock_outbox_rows"], {"mail_ids": ids})
     with conn.cursor(row_factory=class_row(PickedMail)) as cursor:
-        mail = cursor.execute(
-            QUERIES["begin_sending"], {"mail_id": mail_id, "worker": worker}
-        ).fetchone()
-    if mail is None:
-        expire_mails(conn, [mail_id], by="worker")
-    return mail
+        won = cursor.execute(
+            QUERIES["begin_sending"], {"mail_ids": ids, "worker": worker}
+        ).fetchall()
+    by_id = {mail.id: mail for mail in won}
+    if lost := [mail_id for mail_id in ids if mail_id not in by_id]:
+        expire_mails(conn, lost, by="worker")
+    return [by_id[mail_id] for mail_id in dict.fromkeys(ids) if mail_id in by_id]
 
 
 def expire_mails(conn: Conn, mail_ids: Sequence[uuid.UUID], *, by: str) -> None:
@@ -277,20 +281,35 @@ def expire_mails(conn: Conn, mail_ids: Sequence[uuid.UUID], *, by: str) -> None:
 
 
 def finish_sending(
-    conn: Conn, mail_id: uuid.UUID, status: MailStatus, detail: dict[str, Any], error: str | None
-) -> None:
-    """Record the outcome of the attempt of a mail in 'sending' (*detail*: its event's)."""
-    conn.execute(
-        QUERIES["finish_sending"],
-        {"mail_id": mail_id, "status": status.value, "last_error": error, "detail": Jsonb(detail)},
-    )
+    conn: Conn, mail: PickedMail, status: MailStatus, detail: dict[str, Any], error: str | None
+) -> bool:
+    """Record the outcome of the attempt of a mail in 'sending' (*detail*: its event's).
+
+    False if that attempt is no longer the mail's: it was taken back from a worker
+    presumed lost (and may have been picked up again); nothing was changed.
+    """
+    params = {
+        "mail_id": mail.id,
+        "attempt": mail.attempts,
+        "status": status.value,
+        "last_error": error,
+        "detail": Jsonb(detail),
+    }
+    return conn.execute(QUERIES["finish_sending"], params).rowcount == 1
 
 
 def schedule_retry(
-    conn: Conn, mail_id: uuid.UUID, error: str, delay_seconds: float, detail: dict[str, Any]
-) -> None:
-    """A transient failure: 'retrying', back in the outbox and due after *delay_seconds*."""
-    conn.execute(
-        QUERIES["schedule_retry"],
-        {"mail_id": mail_id, "last_error": error, "delay": delay_seconds, "detail": Jsonb(detail)},
-    )
+    conn: Conn, mail: PickedMail, error: str, delay_seconds: float, detail: dict[str, Any]
+) -> bool:
+    """A transient failure: 'retrying', back in the outbox and due after *delay_seconds*.
+
+    False, changing nothing, if this attempt is no longer the mail's (see finish_sending).
+    """
+    params = {
+        "mail_id": mail.id,
+        "attempt": mail.attempts,
+        "last_error": error,
+        "delay": delay_seconds,
+        "detail": Jsonb(detail),
+    }
+    return conn.execute(QUERIES["schedule_retry"], params).rowcount == 1
