@@ -47,6 +47,16 @@ UNROUTABLE_INTERVAL = 2.0
 PRUNE_INTERVAL = 600.0
 WEBHOOK_BATCHES_PER_RUN = 5  # status webhooks: at most this many full batches per run
 LEASE_CHECKS_PER_LEASE = 4  # the lease rescue runs every quarter of a worker lease
+# A round woken this soon after one that found mail lingers (_linger): mail is coming
+# faster than about 50 a second.
+LINGER_WHEN_WOKEN_WITHIN = 0.02
+
+
+def under_load(claimed: int, *, woken_after: float) -> bool:
+    """Whether a woken round lingers: the last round found mail and the relay was woken
+    again soon after it. (A NOTIFY for mail the last round already claimed also wakes
+    it at once; that costs one linger, in which new mail is collected.)"""
+    return claimed > 0 and woken_after < LINGER_WHEN_WOKEN_WITHIN
 
 
 class Periodic:
@@ -117,30 +127,43 @@ class Relay:
         log.info("relay started", extra={"relay": self.name, "batch_size": self.policy.batch_size})
         self._listen()  # before the first round, so no NOTIFY falls between the two
         while not self.stopping.is_set():
-            full_batch = self._one_round()
+            claimed = self._one_round()
             self._run_periodic()
-            if not full_batch:
+            if claimed < self.policy.batch_size:
+                round_ended = time.monotonic()
                 self._wait_for_work()
+                if under_load(claimed, woken_after=time.monotonic() - round_ended):
+                    self._linger()
         self._close()
         log.info("relay stopped")
 
     # --- the dispatch round -------------------------------------------------------
 
-    def _one_round(self) -> bool:
-        """Run a round; True when the batch was full and more work is likely waiting."""
+    def _one_round(self) -> int:
+        """Run a round; the rows it claimed (a full batch: more work is likely waiting)."""
         try:
             result = dispatch_round(self._connection(), self.publisher, self.policy)
         except psycopg.Error as exc:
             self._note_database_error(exc)
             self._note_failure("database error; retrying", exc)
             self._drop_connection()
-            return False
+            return 0
         self._count(result)
         if result.error is not None:
             self._note_failure("the broker refused a publish; the rows stay due", result.error)
-            return False
+            return 0
         self._failures = 0
-        return result.claimed >= self.policy.batch_size
+        return result.claimed
+
+    def _linger(self) -> None:
+        """Under load (the last round found mail, and mail came again within
+        LINGER_WHEN_WOKEN_WITHIN), let a woken round wait a moment so it claims several
+        mails: a worker picks a message's mails up in one statement and pays Celery's
+        and the pickup's cost once for all of them (at 200 mails/s a round otherwise
+        finds one mail, and the worker spends about three times the CPU per mail). Mail
+        that comes slower, and the first mail after a pause, go at once."""
+        if self.settings.relay_linger:
+            self.stopping.wait(self.settings.relay_linger)
 
     @staticmethod
     def _count(result: RoundResult) -> None:

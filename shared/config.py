@@ -24,6 +24,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -186,6 +187,8 @@ class Settings:
     # Mails per send_mails message: a worker picks a message's mails up in one statement.
     send_batch_size: Annotated[PositiveInt, Field(le=500)] = 10
     relay_poll_interval: PositiveFloat = 1.0
+    # Under load, a round woken by NOTIFY waits this long to claim several mails at once.
+    relay_linger: Annotated[NonNegativeFloat, Field(le=1.0)] = 0.01
     relay_visibility_timeout: PositiveFloat = 60.0
     relay_publish_timeout: PositiveFloat = 5.0
     relay_max_dispatches: PositiveInt = 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from shared.queues import SEND_MAILS_TASK
 from shared.store.outbox import Pauses
 from tests.conftest import TenantKey
 from tests.factories import event_kinds, insert_mail, status_of
+from tests.processes import wait_until
 from tests.services import free_port
 from tests.webhook_support import drain_queue
 
@@ -179,6 +181,53 @@ def test_relay_loop_publishes_on_notify_and_stops_on_request(
         thread.join(40)
     assert not thread.is_alive()
     assert drain_queue(settings)[0][1][0][0] == [str(mail_id)]
+
+
+def test_a_woken_round_under_load_lingers_to_claim_several_mails(
+    db: psycopg.Connection,
+    tenant: TenantKey,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round woken soon after one that found mail waits MAILROOM_RELAY_LINGER and
+    publishes what came meanwhile in one batch."""
+    import threading  # noqa: PLC0415
+
+    from outbox_relay import relay as relay_module  # noqa: PLC0415
+
+    # "Soon" is 20 ms in production; this test's own steps take longer than that.
+    monkeypatch.setattr(relay_module, "LINGER_WHEN_WOKEN_WITHIN", 5.0)
+    relay = relay_module.Relay(replace(settings, relay_poll_interval=30.0, relay_linger=0.6))
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    mail_ids: list[uuid.UUID] = []
+
+    def send_now() -> None:
+        mail_ids.append(insert_mail(db, tenant.tenant_id))
+        db.execute("NOTIFY mailroom_outbox")
+
+    try:
+        send_now()
+        wait_until(lambda: status_of(db, mail_ids[0]) == "queued", 10)
+        send_now()
+        threading.Event().wait(0.2)  # inside the linger
+        send_now()
+        wait_until(lambda: status_of(db, mail_ids[2]) == "queued", 10)
+    finally:
+        relay.stopping.set()
+        thread.join(40)
+    messages = drain_queue(settings)  # canaries travel there too
+    batches = [body[0][0] for headers, body in messages if headers["task"] == SEND_MAILS_TASK]
+    assert batches == [[str(mail_ids[0])], [str(mail_ids[1]), str(mail_ids[2])]]
+
+
+def test_only_a_round_that_found_mail_and_was_woken_soon_after_lingers() -> None:
+    from outbox_relay.relay import LINGER_WHEN_WOKEN_WITHIN, under_load  # noqa: PLC0415
+
+    soon, late = LINGER_WHEN_WOKEN_WITHIN / 4, LINGER_WHEN_WOKEN_WITHIN * 4
+    assert under_load(3, woken_after=soon)
+    assert not under_load(0, woken_after=soon), "the first mail after a pause goes at once"
+    assert not under_load(3, woken_after=late), "mail slower than ~50/s goes at once"
 
 
 def test_a_campaign_burst_does_not_delay_transactional_mail(

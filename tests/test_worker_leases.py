@@ -318,7 +318,7 @@ def test_the_relay_waits_one_lease_after_it_lost_the_database_before_rescuing(
     workers.renew_lease(db, LOST, -1.0)
     backend = relay._connection().info.backend_pid
     db.execute("SELECT pg_terminate_backend(%s)", (backend,))
-    assert relay._one_round() is False
+    assert relay._one_round() == 0
     relay._run_periodic()  # reconnects: the grace starts now
     relay._rescue_mails_of_lapsed_workers()
     assert status_of(db, second) == "sending", "within one lease of the outage: no rescue"
