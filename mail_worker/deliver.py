@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import random
 import uuid
 from collections.abc import Callable, Sequence
@@ -162,6 +163,18 @@ def _retrying(
     )
 
 
+_recording: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _recording_thread() -> ThreadPoolExecutor:
+    """One thread per process that records sends (not one per batch: a thread start per
+    message showed in the profile); made anew in a forked child, which has no threads."""
+    global _recording  # noqa: PLW0603
+    if _recording is None or _recording[0] != os.getpid():
+        _recording = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="record-sent"))
+    return _recording[1]
+
+
 class _SentRecorder:
     """Records a mail's ``sent`` on a second connection while the next mail is composed
     and checked (CPU work that hides the commit's round trip), and holds that next mail
@@ -169,17 +182,14 @@ class _SentRecorder:
 
     def __init__(self, pool: DictPool, options: SendOptions) -> None:
         self._pool, self._options = pool, options
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-sent")
+        self._thread = _recording_thread()
         self._pending: Future[None] | None = None
 
     def __enter__(self) -> _SentRecorder:
         return self
 
     def __exit__(self, *_: object) -> None:
-        try:
-            self.wait()
-        finally:
-            self._thread.shutdown(wait=True)
+        self.wait()
 
     def record(self, mail: PickedMail, detail: dict[str, Any], refused: dict[str, str]) -> None:
         self.wait()

@@ -102,11 +102,21 @@ def drain_unroutable(conn: Conn, publisher: Publisher) -> int:
 
 
 def unroutable_mail_ids(task: str | None, body: bytes | str) -> list[uuid.UUID]:
-    """The mails of a returned message: a batch (send_mails) or one (send_mail, older relays)."""
-    if task == SEND_MAILS_TASK:
-        return [uuid.UUID(mail_id) for mail_id in json.loads(body)[0][0]]
-    if task == SEND_MAIL_TASK:
-        return [uuid.UUID(json.loads(body)[0][0])]
+    """The mails of a returned message: a batch (send_mails) or one (send_mail, older relays).
+
+    Anything else on the exchange, or a body that is not what our relays write, names no
+    mail: it is logged and acknowledged, never allowed to stop the relay (a message that
+    raised here would be returned to the queue and stop every relay that drains it)."""
+    try:
+        if task == SEND_MAILS_TASK:
+            return [uuid.UUID(str(mail_id)) for mail_id in json.loads(body)[0][0]]
+        if task == SEND_MAIL_TASK:
+            return [uuid.UUID(str(json.loads(body)[0][0]))]
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        log.error(
+            "a returned message names no mail we can read",
+            extra={"task": str(task)[:200], "error": str(exc)[:200]},
+        )
     return []
 
 

@@ -424,6 +424,10 @@ def test_the_send_mail_message_of_an_older_relay_is_still_sent(
         ("mailroom.send_mails", [["00000000-0000-0000-0000-000000000001", "0" * 31 + "2"]], 2),
         ("mailroom.send_mail", ["00000000-0000-0000-0000-000000000003"], 1),
         ("mailroom.canary", ["00000000-0000-0000-0000-000000000004"], 0),
+        ("mailroom.send_mails", [["not a uuid"]], 0),
+        ("mailroom.send_mails", [{"a": 1}], 0),
+        ("mailroom.send_mail", [], 0),
+        ("mailroom.send_mails", [[["nested"]]], 0),
     ],
 )
 def test_a_returned_message_names_its_mails_in_either_format(
@@ -431,6 +435,7 @@ def test_a_returned_message_names_its_mails_in_either_format(
 ) -> None:
     body = json.dumps([args, {}, {}])
     assert len(unroutable_mail_ids(task, body)) == expected
+    assert unroutable_mail_ids(task, b"\x00 not json \xe2\x80\xa8") == []
 
 
 def test_a_worker_whose_lease_may_have_lapsed_sends_nothing_more(
