@@ -33,9 +33,11 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import DictRow, dict_row
 
 # --- app internals this scenario uses (update here when the apps move things) ------------------
+from ingest_api.ingest import IngestTransaction
+from shared import signatures
+from shared.jsonlog import request_id_var
 from shared.queries import QUERIES
 from shared.queues import TRANSACTIONAL_QUEUE
-from shared.store.mails import accept_mails
 
 # -----------------------------------------------------------------------------------------------
 
@@ -53,6 +55,7 @@ class Statement:
     query: str
     params: dict[str, Any]
     pipeline: bool
+    in_transaction: bool  # False: autocommit, the statement is its own transaction
 
 
 class _RecordingConnection:
@@ -65,7 +68,8 @@ class _RecordingConnection:
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         name = next(name for name, text in QUERIES.items() if text == query)
         pipeline = self._conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
-        self.statements.append(Statement(name, query, dict(params), pipeline))
+        in_transaction = self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+        self.statements.append(Statement(name, query, dict(params), pipeline, in_transaction))
         return self._conn.execute(query, params, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -73,15 +77,18 @@ class _RecordingConnection:
 
 
 def capture_ingest(db_url: str, bench: harness.Bench) -> list[Statement]:
-    """Accept ORDER_MAIL once as POST /v1/mails does (pipeline mode, no Idempotency-Key) and
-    note what ran; the mail is committed under PGBENCH_REQUEST_ID and counted as pgbench's."""
+    """Accept ORDER_MAIL once as POST /v1/mails does without an Idempotency-Key (the ingest
+    statement alone, in autocommit: see ingest_api/ingest.py) and note what ran; the mail is
+    committed under PGBENCH_REQUEST_ID and counted as pgbench's."""
     mail = harness.stored_mail(harness.ORDER_MAIL, bench.tenant)
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
         recorder = _RecordingConnection(conn)
-        with conn.pipeline(), conn.transaction():
-            accept_mails(
-                cast("Any", recorder), bench.tenant.id, [mail], request_id=PGBENCH_REQUEST_ID
-            )
+        ingest = IngestTransaction(
+            contextlib.ExitStack(), cast("Any", recorder), bench.tenant, None
+        )
+        ingest.add_mails([mail])
+        request_id_var.set(PGBENCH_REQUEST_ID)
+        ingest.commit()
     return recorder.statements
 
 
@@ -142,9 +149,48 @@ def pgbench_script(
             return expression
 
         commands.append(_PLACEHOLDER.sub(substitute, statement.query) + ";")
-    body = "BEGIN;\n" + "\n".join(commands) + "\nCOMMIT;\n"
+    body = "\n".join(commands) + "\n"
+    if any(s.in_transaction for s in statements):
+        body = "BEGIN;\n" + body + "COMMIT;\n"
     script.text = f"\\startpipeline\n{body}\\endpipeline\n" if pipeline else body
     return script
+
+
+CDP_CAMPAIGN: dict[str, Any] = {  # rendered for every event by its one workflow
+    "key": "order-shipped",
+    "from": "Example Shop <shop@example.com>",
+    "subject": "Your order {{ order_id }} has shipped, {{ first_name }}",
+    "text": harness.ORDER_MAIL["text"].replace("Bob", "{{ first_name }}"),
+    "html": harness.ORDER_MAIL["html"].replace("Bob", "{{ first_name }}"),
+    "tags": ["orders"],
+}
+CDP_WORKFLOW = {"event": "Order Shipped", "campaign": CDP_CAMPAIGN["key"]}
+CDP_EVENT: dict[str, Any] = {  # a Segment track call; messageId is new for every request
+    "type": "track",
+    "event": "Order Shipped",
+    "userId": "u-20931",
+    "timestamp": "2026-11-30T12:00:00.000Z",
+    "properties": {"order_id": "A-20931", "total": 54.8, "first_name": "Bob"},
+    "context": {"traits": {"email": "bob@example.net", "name": "Bob Example", "plan": "pro"}},
+}
+
+
+@dataclass(frozen=True)
+class CdpSigner:
+    """Makes each CDP request: a new messageId (else it is a redelivery that creates
+    nothing), signed with the tenant's secret as a CDP would."""
+
+    tenant_id: str
+    secret: str
+
+    def request(self) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({**CDP_EVENT, "messageId": uuid.uuid4().hex}).encode()
+        return body, {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            "X-Mailroom-Tenant": self.tenant_id,
+            signatures.HEADER: signatures.sign(self.secret, int(time.time()), body),
+        }
 
 
 @dataclass(frozen=True)
@@ -153,28 +199,34 @@ class Target:
     path: str
     body: bytes
     headers: dict[str, str]
-    batch: bool = False  # the answer counts accepted and rejected mails
+    counted: bool = False  # the answer says how many mails were accepted (batch, CDP)
     warmup: int = WARMUP_REQUESTS
+    signer: CdpSigner | None = None  # a new body and headers for every request
 
 
 def _post(conn: http.client.HTTPConnection, target: Target) -> tuple[str, int, int]:
-    """One request: its outcome and the mails it accepted and rejected."""
-    outcome, answer = harness.post(conn, target.path, target.body, target.headers)
-    if outcome != "202" or not target.batch:
+    """One request: its outcome and the mails it accepted and rejected (or failed)."""
+    body, headers = target.signer.request() if target.signer else (target.body, target.headers)
+    outcome, answer = harness.post(conn, target.path, body, headers)
+    if outcome != "202" or not target.counted:
         return outcome, int(outcome == "202"), 0
     counts = json.loads(answer)
-    return "202", int(counts["accepted"]), int(counts["rejected"])
+    return (
+        "202",
+        int(counts["accepted"]),
+        int(counts.get("rejected", len(counts.get("failed", [])))),
+    )
 
 
 def _load_process(target: Target, threads: int, seconds: float, go: Any, results: Any) -> None:
     """*threads* keep-alive connections: warm-up, then (all together) *seconds* of requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     records: list[tuple[float, float, str, int, int]] = []  # start, end, outcome, mails +/-
-    warm: list[int] = []
+    warm: list[tuple[str, int, int]] = []
 
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=REQUEST_TIMEOUT)
-        warm.extend(_post(conn, target)[1] for _ in range(target.warmup))
+        warm.extend(_post(conn, target) for _ in range(target.warmup))
         go.wait()
         now = time.monotonic()
         deadline = now + seconds
@@ -190,7 +242,8 @@ def _load_process(target: Target, threads: int, seconds: float, go: Any, results
     for worker in workers:
         worker.join()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    results.put((records, sum(warm), usage.ru_utime + usage.ru_stime))
+    warm_202 = [accepted for outcome, accepted, _ in warm if outcome == "202"]
+    results.put((records, (len(warm_202), sum(warm_202)), usage.ru_utime + usage.ru_stime))
 
 
 def run_http(target: Target, clients: int, seconds: float, server_pid: int) -> dict[str, Any]:
@@ -229,7 +282,8 @@ def run_http(target: Target, clients: int, seconds: float, server_pid: int) -> d
         "mails_accepted": mails,
         "mails_rejected": sum(r[4] for r in records),
         "mails_per_s": round(mails / elapsed, 1),
-        "warmup_mails": sum(warm for _, warm, _ in loads),
+        "warmup_202": sum(warm[0] for _, warm, _ in loads),
+        "warmup_mails": sum(warm[1] for _, warm, _ in loads),
         "cpu": cpu,
     }
 
@@ -279,7 +333,7 @@ def describe_cpu(cpu: dict[str, float], server: str = "api") -> str:
 
 def describe(label: str, run: dict[str, Any], server: str, unit: str = "req/s") -> str:
     errors = f" {run['error_kinds']}" if run["errors"] else ""
-    rate = run["mails_per_s"] if unit == "mails/s" else run["rps"]
+    rate = run["mails_per_s"] if unit == "mails/s" else run["rps"]  # events/s: 202s too
     extra = f" ({run['rps']:.1f} req/s)" if unit == "mails/s" else ""
     return (
         f"[{label}] {rate:8.1f} {unit}{extra}  p50 {run['p50_ms']:7.2f} ms  "
@@ -289,7 +343,9 @@ def describe(label: str, run: dict[str, Any], server: str, unit: str = "req/s") 
     )
 
 
-def print_tables(rows: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+def print_tables(
+    rows: list[dict[str, Any]], batch: dict[str, Any], cdp_runs: list[dict[str, Any]]
+) -> None:
     harness.print_table(
         [("clients", "d"), ("|", ""), ("API req/s", ".1f"), ("p50 ms", ".2f"), ("p99 ms", ".2f"),
          ("err", "d"), ("|", ""), ("pgbench tps", ".1f"), ("lat ms", ".2f"), ("|", ""),
@@ -315,47 +371,79 @@ def print_tables(rows: list[dict[str, Any]], batch: dict[str, Any]) -> None:
                 for r in batch["results"]
             ],
         )  # fmt: skip
+    if cdp_runs:
+        print("\nPOST /v1/cdp/events, signed, one matching workflow (one mail per event)")
+        harness.print_table(
+            [("CDP clients", "d"), ("|", ""), ("events/s", ".1f"), ("mails/s", ".1f"),
+             ("p50 ms", ".2f"), ("p99 ms", ".2f"), ("err", "d"), ("|", ""),
+             ("events/s / single API req/s", ".2f")],
+            [
+                [r["clients"], *(r[k] for k in ("rps", "mails_per_s", "p50_ms", "p99_ms")),
+                 r["errors"], r["vs_single_api"]]
+                for r in cdp_runs
+            ],
+        )  # fmt: skip
+
+
+def cdp_setup(bench: harness.Bench, port: int, env: dict[str, str]) -> str:
+    """The campaign, its workflow and the tenant's CDP secret, made as an operator would."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    for path, document in (("/v1/campaigns", CDP_CAMPAIGN), ("/v1/workflows", CDP_WORKFLOW)):
+        body = json.dumps(document).encode()
+        outcome, answer = harness.post(conn, path, body, harness.json_headers(bench.api_key, body))
+        if outcome != "201":
+            raise SystemExit(f"POST {path}: {outcome} {answer[:300]!r}")
+    conn.close()
+    rotate = [harness.console_script("ingest-api"), "rotate-webhook-secret", bench.tenant.name]
+    return harness.run_cli(rotate, env).splitlines()[-1]
 
 
 def check_integrity(
-    db_url: str, api_202: int, pg_done: int, celery_202: int, in_redis: int
+    db_url: str, api_202: int, pg_done: int, celery_202: int, in_redis: int, cdp: dict[str, int]
 ) -> dict[str, Any]:
     """Every 202 and every pgbench commit must be a row; pgbench and the API must have written
-    the same rows but for ids, times and request ids."""
+    the same rows but for ids, times and request ids; every CDP 202 an event and its mail."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         counts = conn.execute(
-            "SELECT count(*) FILTER (WHERE detail->>'request_id' <> %s),"
-            " count(*) FILTER (WHERE detail->>'request_id' = %s),"
-            " (SELECT count(*) FROM outbox)"
-            " FROM mail_events WHERE kind = 'accepted'",
+            "SELECT count(*) FILTER (WHERE m.source = 'api' AND e.detail->>'request_id' <> %s),"
+            " count(*) FILTER (WHERE m.source = 'api' AND e.detail->>'request_id' = %s),"
+            " (SELECT count(*) FROM outbox),"
+            " count(*) FILTER (WHERE m.source = 'cdp'),"
+            " (SELECT count(*) FROM cdp_events)"
+            " FROM mail_events e JOIN mails m ON m.id = e.mail_id WHERE e.kind = 'accepted'",
             (PGBENCH_REQUEST_ID, PGBENCH_REQUEST_ID),
         ).fetchone()
-        shapes = conn.execute(
+        shapes = conn.execute(  # of the single-mail and batch rows (pgbench's and the API's)
             "SELECT (SELECT count(DISTINCT md5((to_jsonb(m) - 'id' - 'created_at'"
-            "         - 'updated_at')::text)) FROM mails m),"
+            "         - 'updated_at')::text)) FROM mails m WHERE source = 'api'),"
             " (SELECT count(DISTINCT md5((to_jsonb(o) - 'id' - 'mail_id' - 'available_at'"
-            "         - 'created_at')::text)) FROM outbox o),"
+            "         - 'created_at')::text))"
+            "  FROM outbox o JOIN mails m ON m.id = o.mail_id WHERE m.source = 'api'),"
             " (SELECT count(DISTINCT md5((to_jsonb(e) - 'id' - 'mail_id' - 'created_at'"
             "         || jsonb_build_object('detail', e.detail - 'request_id'))::text))"
-            "  FROM mail_events e)"
+            "  FROM mail_events e JOIN mails m ON m.id = e.mail_id WHERE m.source = 'api')"
         ).fetchone()
     assert counts is not None and shapes is not None
+    api_rows, pg_rows, outbox_rows, cdp_rows, cdp_events = counts
     ok = (
-        api_202 == counts[0] and pg_done == counts[1] and counts[2] == counts[0] + counts[1]
-        and tuple(shapes) == (1, 1, 1) and celery_202 == in_redis
+        api_202 == api_rows and pg_done == pg_rows
+        and outbox_rows == api_rows + pg_rows + cdp_rows and tuple(shapes) == (1, 1, 1)
+        and celery_202 == in_redis and cdp["mails"] == cdp_rows and cdp["events"] == cdp_events
     )  # fmt: skip
     print(
         f"\nintegrity{'' if ok else ' MISMATCH'}: {api_202} mails accepted by the API (incl. "
-        f"warm-up) -> {counts[0]} accepted mails; {pg_done} pgbench transactions (incl. the "
-        f"probe) -> {counts[1]} mails; outbox rows {counts[2]}; {celery_202} celery 202s -> "
-        f"{in_redis} messages in Redis; distinct mails/outbox/events rows apart from ids, times "
-        f"and request ids: {shapes[0]}/{shapes[1]}/{shapes[2]} (1/1/1: pgbench wrote what the "
-        "API writes)"
+        f"warm-up) -> {api_rows} accepted mails; {pg_done} pgbench transactions (incl. the "
+        f"probe) -> {pg_rows} mails; {cdp['events']} CDP events accepted with {cdp['mails']} "
+        f"mails -> {cdp_events} events, {cdp_rows} mails; outbox rows {outbox_rows}; "
+        f"{celery_202} celery 202s -> {in_redis} messages in Redis; distinct mails/outbox/events "
+        f"rows apart from ids, times and request ids: {shapes[0]}/{shapes[1]}/{shapes[2]} "
+        "(1/1/1: pgbench wrote what the API writes)"
     )
     return {
-        "api_mails_accepted": api_202, "api_rows": counts[0], "pgbench_transactions": pg_done,
-        "pgbench_rows": counts[1], "outbox_rows": counts[2], "celery_202": celery_202,
-        "celery_messages_in_redis": in_redis,
+        "api_mails_accepted": api_202, "api_rows": api_rows, "pgbench_transactions": pg_done,
+        "pgbench_rows": pg_rows, "outbox_rows": outbox_rows, "celery_202": celery_202,
+        "celery_messages_in_redis": in_redis, "cdp_events_accepted": cdp["events"],
+        "cdp_event_rows": cdp_events, "cdp_mails_accepted": cdp["mails"], "cdp_mail_rows": cdp_rows,
         "distinct_row_shapes": dict(zip(("mails", "outbox", "events"), shapes, strict=True)),
         "ok": ok,
     }  # fmt: skip
@@ -367,6 +455,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     parser.add_argument("--batch-clients", default="1,4", help="for /v1/mails/batch (empty: none)")
     parser.add_argument("--batch-size", type=int, default=500, help="mails per batch request")
+    parser.add_argument("--cdp-clients", default="8", help="for /v1/cdp/events (empty: none)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of both servers")
     args = parser.parse_args()
     body = json.dumps(harness.ORDER_MAIL).encode()
@@ -374,6 +463,7 @@ def main() -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     batch: dict[str, Any] = {"size": args.batch_size, "results": []}
     api_202 = celery_202 = in_redis = 0
+    cdp = {"events": 0, "mails": 0}
     pg_done = 1  # capture_ingest's mail
 
     with harness.bench(args) as bench, contextlib.ExitStack() as servers:
@@ -452,7 +542,7 @@ def main() -> dict[str, Any]:
             )  # fmt: skip
         best_single = max(r["api"]["rps"] for r in rows)
         batch_headers = harness.json_headers(bench.api_key, batch_body)
-        target = Target(port, "/v1/mails/batch", batch_body, batch_headers, batch=True, warmup=1)
+        target = Target(port, "/v1/mails/batch", batch_body, batch_headers, counted=True, warmup=1)
         for count in harness.int_list(args.batch_clients):
             run = run_http(target, count, args.seconds, api_pid)
             api_202 += run["mails_accepted"] + run["warmup_mails"]
@@ -460,10 +550,24 @@ def main() -> dict[str, Any]:
             vs_single_api = harness.ratio(run["mails_per_s"], best_single)
             run |= {"clients": count, "vs_single_api": vs_single_api}
             batch["results"].append(run)
+        signer = CdpSigner(str(bench.tenant.id), cdp_setup(bench, port, env))
+        cdp_target = Target(port, "/v1/cdp/events", b"", {}, counted=True, signer=signer)
+        cdp_runs: list[dict[str, Any]] = []
+        for count in harness.int_list(args.cdp_clients):
+            run = run_http(cdp_target, count, args.seconds, api_pid)
+            cdp["events"] += run["accepted"] + run["warmup_202"]
+            cdp["mails"] += run["mails_accepted"] + run["warmup_mails"]
+            print(describe(f"CDP     c={count:>3}", run, "api", "events/s"), flush=True)
+            single = next((r["api"] for r in rows if r["clients"] == count), None)
+            run |= {
+                "clients": count,
+                "vs_single_api": harness.ratio(run["rps"], single and single["rps"]),
+            }
+            cdp_runs.append(run)
         servers.close()  # the servers stop before the rows are counted
         print()
-        print_tables(rows, batch)
-        integrity = check_integrity(db_url, api_202, pg_done, celery_202, in_redis)
+        print_tables(rows, batch, cdp_runs)
+        integrity = check_integrity(db_url, api_202, pg_done, celery_202, in_redis, cdp)
     return {
         "seconds": args.seconds,
         "api_workers": args.workers,
@@ -473,6 +577,7 @@ def main() -> dict[str, Any]:
         "pgbench_script": {k: getattr(pg, k) for k in ("blocks", "pipeline", "parameters")},
         "results": rows,
         "batch": batch,
+        "cdp": cdp_runs,
         "integrity": integrity,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,8 +27,27 @@ def connect(url: str, *, autocommit: bool = True, timeout: float = 3.0) -> psyco
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, round(timeout)))
 
 
+def check_idle_connection(conn: psycopg.Connection[DictRow]) -> None:
+    """The pool's check of a connection it is about to hand out: raises if it is dead.
+
+    An idle connection has nothing to read; if its socket is readable, the server
+    spoke while it was idle (the FATAL it sends when it shuts down or terminates
+    the backend, or the end of the stream), and a round trip tells whether it still
+    works. Without this, every idle connection of the pool fails one request after
+    a database restart: a 503 from an API whose database is up again. The check
+    is one poll() without a round trip, so a healthy connection costs nothing.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
 def create_pool(settings: Settings, *, name: str, max_size: int | None = None) -> DictPool:
-    """A pool of autocommit connections with dict rows.
+    """A pool of autocommit connections with dict rows, checked as they are handed
+    out (:func:`check_idle_connection`).
 
     Opened without waiting: a process that starts while the database is down
     still starts, answers its health check, and connects once the database is back.
@@ -45,6 +65,7 @@ def create_pool(settings: Settings, *, name: str, max_size: int | None = None) -
         },
         timeout=settings.db_connect_timeout,
         reconnect_timeout=0,  # keep trying for ever: the database may come back
+        check=check_idle_connection,
         open=False,
     )
     pool.open(wait=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -187,6 +188,29 @@ def test_unreachable_database_is_503_never_2xx(settings: Settings) -> None:
         assert client.get("/healthz").status_code == 200
     finally:
         app.extensions["mailroom.pool"].close()
+
+
+def test_mail_is_accepted_right_after_the_database_dropped_every_connection(
+    client: FlaskClient, tenant: TenantKey, db: psycopg.Connection
+) -> None:
+    # What a database restart does to the API's pool: every idle connection is closed
+    # by the server. The next request must get a live connection (202), not the dead
+    # one (a 503 from an API whose database is up).
+    for _ in range(3):
+        assert client.post("/v1/mails", json=MAIL, headers=auth(tenant)).status_code == 202
+    others = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    terminated = db.execute(f"SELECT count(pg_terminate_backend(pid)) FROM ({others}) o").fetchone()
+    assert terminated is not None and terminated[0] >= 1
+    deadline = time.monotonic() + 10
+    while db.execute(others).fetchall() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(3):
+        response = client.post("/v1/mails", json=MAIL, headers=auth(tenant))
+        assert response.status_code == 202, response.get_json()
+    assert counts(db) == (6, 6, 6)
 
 
 def test_failed_commit_is_500_and_writes_nothing(
