@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from typing import Any
@@ -15,9 +17,12 @@ import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from ingest_api.cli import cli
+from ingest_api.new_mails import field_errors, new_mail
+from ingest_api.resources.mails import validate_batch_items
 from ingest_api.schemas.fields import MAX_DISPLAY_NAME_LENGTH
 from ingest_api.schemas.mail import (
     MAX_CUSTOM_HEADER_BYTES,
@@ -27,6 +32,7 @@ from ingest_api.schemas.mail import (
     MAX_SUBJECT_LENGTH,
     SendMailSchema,
 )
+from shared.store.tenants import Tenant
 from tests.conftest import TenantKey
 from tests.strategies import HEADER_BOUND_FIELDS, adversarial_mail_requests
 from tests.test_api import MAIL, auth, counts
@@ -513,3 +519,42 @@ def test_adversarial_text_is_refused_naming_its_field_or_accepted_header_safe(
         assert not unsafe, (field, value)
     header_bytes = sum(len(v.encode()) for v in loaded["headers"].values())
     assert header_bytes <= MAX_CUSTOM_HEADER_BYTES
+
+
+_BATCH_TENANT = Tenant(id=uuid.uuid4(), name="acme", sender_domains=("example.com",))
+_batch_items = st.lists(
+    st.one_of(
+        adversarial_mail_requests(),
+        st.builds(lambda mail: {**mail, "from": "a@elsewhere.test"}, adversarial_mail_requests()),
+        st.sampled_from([{**MAIL, "to": []}, {**MAIL, "unknown": 1}, {"from": 42}, [], "x"]),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _one_by_one(items: list[Any]) -> list[tuple[int, Any]]:
+    """Each item through the schema and new_mail on its own: the reference."""
+    outcomes: list[tuple[int, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            mail = new_mail(SendMailSchema().load(item), _BATCH_TENANT)
+        except ValidationError as exc:
+            outcomes.append((index, field_errors(exc)))
+        else:
+            outcomes.append((index, replace(mail, id=uuid.UUID(int=0))))
+    return outcomes
+
+
+@given(items=_batch_items)
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_a_batch_validates_each_item_as_it_would_alone(items: list[Any]) -> None:
+    """validate_batch_items loads an all-valid batch in one many=True call and a batch
+    with any invalid item one by one: either way, the outcome of every item is its own."""
+    valid, invalid = validate_batch_items(items, _BATCH_TENANT)
+    outcomes = sorted(
+        [(index, replace(mail, id=uuid.UUID(int=0))) for index, mail in valid]
+        + [(item["index"], item["errors"]) for item in invalid],
+        key=lambda outcome: outcome[0],
+    )
+    assert outcomes == _one_by_one(items)

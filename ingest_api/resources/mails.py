@@ -111,14 +111,26 @@ class Mails(MethodView):
         return {"mails": page, "next_cursor": next_cursor}
 
 
-def _validate_items(
-    items: list[dict[str, Any]], tenant: Tenant
+def validate_batch_items(
+    items: list[Any], tenant: Tenant
 ) -> tuple[list[tuple[int, NewMail]], list[dict[str, Any]]]:
+    """The valid items as mails (with their index) and the invalid ones' errors by index.
+
+    A batch whose every item loads goes through marshmallow in one ``many=True`` call,
+    a third cheaper per item than 500 calls (bench/ingest.py); if any item fails,
+    marshmallow skips the post-load step of them all, so the batch is loaded again item
+    by item: an invalid batch gets exactly the answers of the one-by-one path.
+    """
+    try:
+        loaded: list[dict[str, Any]] | None = _item_schema.load(items, many=True)
+    except ValidationError:
+        loaded = None
     valid: list[tuple[int, NewMail]] = []
     invalid: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            valid.append((index, new_mail(_item_schema.load(item), tenant)))
+            data = loaded[index] if loaded is not None else _item_schema.load(item)
+            valid.append((index, new_mail(data, tenant)))
         except ValidationError as exc:
             invalid.append({"index": index, "errors": field_errors(exc)})
     return valid, invalid
@@ -134,7 +146,7 @@ class Batch(MethodView):
         # on its own: valid items are accepted, invalid ones are reported by index with
         # their errors and not stored. A batch in which no item is valid is a 422.
         tenant = require_scope("send")
-        valid, invalid = _validate_items(data["mails"], tenant)
+        valid, invalid = validate_batch_items(data["mails"], tenant)
         if not valid:
             refuse(
                 422,
