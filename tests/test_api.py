@@ -213,11 +213,13 @@ def test_mail_is_accepted_right_after_the_database_dropped_every_connection(
     assert counts(db) == (6, 6, 6)
 
 
+@pytest.mark.parametrize("idempotency_key", [None, "order-20931"])
 def test_failed_commit_is_500_and_writes_nothing(
-    client: FlaskClient, tenant: TenantKey, db: psycopg.Connection
+    client: FlaskClient, tenant: TenantKey, db: psycopg.Connection, idempotency_key: str | None
 ) -> None:
     # A deferred constraint trigger fails at COMMIT, after every INSERT succeeded:
-    # the exact moment a naive API would already have decided to answer 202.
+    # the exact moment a naive API would already have decided to answer 202. Without a
+    # key the ingest statement runs alone in autocommit, with one in a transaction.
     db.execute(
         """
         CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -226,9 +228,11 @@ def test_failed_commit_is_500_and_writes_nothing(
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();
         """
     )
-    response = client.post("/v1/mails", json=MAIL, headers=auth(tenant))
+    key = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    response = client.post("/v1/mails", json=MAIL, headers={**auth(tenant), **key})
     assert response.status_code == 500  # our bug, not an outage: 503 is for an unreachable database
     assert counts(db) == (0, 0, 0)
+    assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (0,)
 
 
 def test_accepting_mail_wakes_the_relays(
